@@ -1,0 +1,1 @@
+"""The offline ``Api``, shaped like ``wandb.Api``, reading the local store."""

@@ -1,0 +1,1 @@
+"""Queued local edits: enqueue, coalesce, 3-way merge, replay, dead letters."""

@@ -1,0 +1,71 @@
+"""Exact JSON encoding of values for the store.
+
+W&B values are any JSON plus the bare constants ``NaN``, ``Infinity`` and ``-Infinity``
+that the SDK writes for non-finite floats, and integers wider than 64 bits. They must
+round-trip bit-for-bit. orjson is fast but writes NaN as ``null`` and reads wide integers
+as floats; the standard library is exact but slower. So:
+
+* encode with orjson; if that fails (an int beyond 64 bits, a non-str key, a lone
+  surrogate) or its output contains ``null`` (which is how orjson spells NaN/Infinity,
+  and also plain ``None``), encode again with the standard library, exactly, and prefix
+  the text with a tab;
+* decode text that starts with a tab with the standard library and everything else with
+  orjson.
+
+The tab is insignificant JSON whitespace: every JSON reader (SQLite's ``json_extract``,
+PostgreSQL) still reads the value, and ours knows which parser is exact for it without
+scanning the text. Floats use the shortest repr that round-trips, in both encoders.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+EXACT_MARK = "\t"
+
+_dumps_std = json.JSONEncoder(
+    ensure_ascii=True, allow_nan=True, separators=(",", ":"), check_circular=True
+).encode
+
+
+def dumps(value: Any) -> str:
+    """Encode ``value`` as JSON text that :func:`loads` turns back into an equal value."""
+    try:
+        out = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return EXACT_MARK + _dumps_std(value)
+    if b"null" in out:
+        return EXACT_MARK + _dumps_std(value)
+    return out.decode("utf-8")
+
+
+def loads(text: str | bytes) -> Any:
+    """Decode text written by :func:`dumps` (or any JSON, incl. NaN/Infinity constants)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if text.startswith(EXACT_MARK):
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # Foreign text (e.g. a server's summary with bare NaN): the exact parser.
+        return json.loads(text)
+
+
+def loads_wire(text: str | bytes) -> Any:
+    """Decode JSON that came over the wire, exactly (bare NaN/Infinity, wide ints).
+
+    Used for documents from servers and clients, where we cannot know which parser
+    is exact; the standard library always is.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return json.loads(text)
+
+
+def dumps_wire(value: Any) -> str:
+    """Encode for the wire the way W&B's SDK does: bare NaN/Infinity, no tab prefix."""
+    return dumps(value).lstrip(EXACT_MARK)

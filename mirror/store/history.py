@@ -1,0 +1,114 @@
+"""History rows and events: bulk upserts and ordered reads.
+
+These are the hot paths of sync and of every query (hundreds of thousands of rows), so
+they use the DBAPI's ``executemany`` through the session's own connection (same
+transaction, no ORM objects per row) and :mod:`mirror.store.codec` for exact values.
+An upsert keyed by ``(run, step)`` makes re-syncing a page a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from sqlmodel import Session
+
+from mirror.store import codec
+
+_UPSERT_HISTORY = (
+    "INSERT INTO history (run_pk, step, row) VALUES (?, ?, ?) "
+    "ON CONFLICT (run_pk, step) DO UPDATE SET row = excluded.row"
+)
+_UPSERT_EVENT = (
+    "INSERT INTO event (run_pk, seq, row) VALUES (?, ?, ?) "
+    "ON CONFLICT (run_pk, seq) DO UPDATE SET row = excluded.row"
+)
+
+
+def _dbapi(session: Session) -> Any:
+    """The DBAPI connection under the session's current transaction."""
+    return session.connection().connection.driver_connection
+
+
+def save_history(session: Session, run_pk: int, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Upsert full history rows (each must hold an integer ``_step``); returns the count."""
+    dumps = codec.dumps
+    params = [(run_pk, int(row["_step"]), dumps(row)) for row in rows]
+    if params:
+        _dbapi(session).executemany(_UPSERT_HISTORY, params)
+    return len(params)
+
+
+def save_events(session: Session, run_pk: int, rows: Iterable[Mapping[str, Any]],
+                start_seq: int = 0) -> int:
+    """Upsert system-metric rows at positions ``start_seq, start_seq+1, ...``."""
+    dumps = codec.dumps
+    params = [(run_pk, start_seq + i, dumps(row)) for i, row in enumerate(rows)]
+    if params:
+        _dbapi(session).executemany(_UPSERT_EVENT, params)
+    return len(params)
+
+
+def iter_history(
+    session: Session,
+    run_pk: int,
+    min_step: int | None = None,
+    max_step: int | None = None,
+    *,
+    batch: int = 5000,
+) -> Iterator[dict[str, Any]]:
+    """Rows with ``min_step <= _step < max_step`` in step order, decoded exactly."""
+    sql = "SELECT row FROM history WHERE run_pk = ?"
+    args: list[Any] = [run_pk]
+    if min_step is not None:
+        sql += " AND step >= ?"
+        args.append(min_step)
+    if max_step is not None:
+        sql += " AND step < ?"
+        args.append(max_step)
+    sql += " ORDER BY step"
+    cur = _dbapi(session).execute(sql, args)
+    loads = codec.loads
+    while True:
+        chunk = cur.fetchmany(batch)
+        if not chunk:
+            return
+        for (text,) in chunk:
+            yield loads(text)
+
+
+def history_steps(session: Session, run_pk: int) -> list[int]:
+    """All stored steps of a run, ascending (cheap: the primary key index only)."""
+    cur = _dbapi(session).execute(
+        "SELECT step FROM history WHERE run_pk = ? ORDER BY step", (run_pk,)
+    )
+    return [r[0] for r in cur.fetchall()]
+
+
+def history_bounds(session: Session, run_pk: int) -> tuple[int, int | None, int | None]:
+    """``(count, first_step, last_step)`` of a run's stored history."""
+    cur = _dbapi(session).execute(
+        "SELECT count(*), min(step), max(step) FROM history WHERE run_pk = ?", (run_pk,)
+    )
+    n, lo, hi = cur.fetchone()
+    return int(n), lo, hi
+
+
+def iter_events(session: Session, run_pk: int) -> Iterator[dict[str, Any]]:
+    cur = _dbapi(session).execute(
+        "SELECT row FROM event WHERE run_pk = ? ORDER BY seq", (run_pk,)
+    )
+    loads = codec.loads
+    for (text,) in cur:
+        yield loads(text)
+
+
+def delete_history(session: Session, run_pk: int, from_step: int | None = None) -> int:
+    """Drop a run's history (from ``from_step`` on), e.g. before swapping in a refetch."""
+    if from_step is None:
+        cur = _dbapi(session).execute("DELETE FROM history WHERE run_pk = ?", (run_pk,))
+    else:
+        cur = _dbapi(session).execute(
+            "DELETE FROM history WHERE run_pk = ? AND step >= ?", (run_pk, from_step)
+        )
+    return int(cur.rowcount)

@@ -1,0 +1,1 @@
+"""Pulling W&B projects into the store: cursors, anti-entropy, history, files."""

@@ -1,0 +1,1 @@
+"""watchdog: file-system changes (drop folders, MLflow stores) turned into work."""

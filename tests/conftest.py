@@ -1,0 +1,45 @@
+"""Shared fixtures: a real, migrated SQLite store in tmp_path; a clean environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mirror.store import Store, open_store
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """No WANDB_*/MLFLOW_*/MIRROR_* or proxy variable of the developer leaks into a test."""
+    for key in list(os.environ):
+        if key.startswith(("WANDB_", "MLFLOW_", "MIRROR_")) or key.lower().endswith("_proxy"):
+            monkeypatch.delenv(key, raising=False)
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(home / "wandb-cache"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(home / "wandb-data"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    monkeypatch.setenv("NETRC", str(home / "netrc"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "mirror.db"
+
+
+@pytest.fixture
+def store(store_path: Path) -> Iterator[Store]:
+    """A real store file, created through the alembic migrations (never create_all)."""
+    s = open_store(store_path)
+    try:
+        yield s
+    finally:
+        s.close()
