@@ -1,0 +1,1 @@
+"""A W&B-compatible GraphQL/HTTP server over a store (``mirror serve``)."""
