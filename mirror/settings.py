@@ -86,8 +86,9 @@ class Settings:
         base_url = (env.get("WANDB_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         parsed = urlparse(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            shown = base_url.split("@")[-1]  # never echo credentials in a URL
             raise ConfigError(
-                f"WANDB_BASE_URL is not an http(s) URL: {base_url!r}",
+                f"WANDB_BASE_URL is not an http(s) URL: {shown!r}",
                 hint="Use e.g. https://api.wandb.ai or http://127.0.0.1:8080.",
             )
         api_key = env.get("WANDB_API_KEY") or None

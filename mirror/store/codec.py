@@ -12,9 +12,11 @@ as floats; the standard library is exact but slower. So:
 * decode text that starts with a tab with the standard library and everything else with
   orjson.
 
-The tab is insignificant JSON whitespace: every JSON reader (SQLite's ``json_extract``,
-PostgreSQL) still reads the value, and ours knows which parser is exact for it without
-scanning the text. Floats use the shortest repr that round-trips, in both encoders.
+The tab is insignificant JSON whitespace, so ours knows which parser is exact for a text
+without scanning it, and other JSON readers (SQLite's ``json_extract``, PostgreSQL) still
+read every value that strict JSON can spell; texts holding NaN/Infinity are not strict
+JSON, which is why queries go through :mod:`mirror.store.jsonpath`. Floats use the
+shortest repr that round-trips, in both encoders.
 """
 
 from __future__ import annotations

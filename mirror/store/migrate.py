@@ -67,6 +67,20 @@ class FileState:
     revision: str | None = None  # None: a new or blank file
 
 
+def _connect_read_only(path: Path, *, wal: bool) -> sqlite3.Connection:
+    """A connection that can neither change ``path`` nor create files next to it.
+
+    ``mode=ro`` alone is not enough for a WAL-mode file: to read it, SQLite creates the
+    ``-wal`` and ``-shm`` files, and a read-only connection cannot remove them again. When
+    no ``-wal`` file exists no connection is using the database, so it is opened
+    ``immutable`` (no locks, no side files); otherwise the side files exist already.
+    """
+    flags = "mode=ro"
+    if wal and not path.with_name(path.name + "-wal").exists():
+        flags += "&immutable=1"
+    return sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True)
+
+
 def inspect_file(path: Path) -> FileState:
     """Identify ``path`` without modifying it; raise for anything that is not our store."""
     if not path.exists():
@@ -82,15 +96,15 @@ def inspect_file(path: Path) -> FileState:
             "The file was not modified.",
         )
     with path.open("rb") as fh:
-        header = fh.read(len(SQLITE_HEADER))
-    if header != SQLITE_HEADER:
+        header = fh.read(100)
+    if header[: len(SQLITE_HEADER)] != SQLITE_HEADER:
         raise NotAStoreError(
             f"{path} is not a SQLite database (its first bytes are not a SQLite header)",
             path=str(path),
         )
     try:
-        # mode=ro: nothing we do here can write to the file.
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # Header bytes 18/19 are 2 in WAL mode (https://www.sqlite.org/fileformat.html).
+        conn = _connect_read_only(path, wal=header[18:19] == b"\x02")
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             tables = {
@@ -134,7 +148,11 @@ def backup(path: Path, revision: str | None) -> Path:
     """Copy the store with SQLite's online backup API; returns the copy's path."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dest = path.with_name(f"{path.name}.bak-{revision or 'base'}-{stamp}")
-    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    n = 0
+    while dest.exists():  # two upgrades within a second must not overwrite a backup
+        n += 1
+        dest = path.with_name(f"{path.name}.bak-{revision or 'base'}-{stamp}-{n}")
+    src = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         dst = sqlite3.connect(dest)
         try:

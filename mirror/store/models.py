@@ -194,7 +194,9 @@ class RunFile(SQLModel, table=True):
     updated_at: str | None = None
     url: str | None = None
     direct_url: str | None = None
-    blob_hash: str | None = Field(default=None, foreign_key="blob.hash", ondelete="SET NULL")
+    blob_hash: str | None = Field(
+        default=None, foreign_key="blob.hash", ondelete="SET NULL", index=True
+    )
     tombstoned: bool = False  # gone upstream; the cached blob stays
 
 
