@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool, StaticPool
 
 from mirror.errors import NotAStoreError, StoreBusyError, StoreError, StoreFullError
+from mirror.store.filters import register_sqlite_functions
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -54,6 +55,7 @@ def make_engine(url: str, *, foreign_keys: bool = True, echo: bool = False) -> E
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves, below
+        register_sqlite_functions(dbapi_conn)  # regexp + JSON helpers of compiled filters
         cur = dbapi_conn.cursor()
         try:
             if not in_memory:
