@@ -193,6 +193,160 @@ def status(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
     out.print(table)
 
 
+FilesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--files",
+        help="Which run files to download: all, none, or glob patterns (repeatable).",
+        show_default="all",
+    ),
+]
+
+
+@app.command("sync")
+@handle_errors
+def sync_cmd(
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(help="ENTITY/PROJECT or ENTITY; none: every project synced before."),
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="List every run (anti-entropy): finds deletions.")
+    ] = False,
+    files: FilesOpt = None,
+    max_file_size: Annotated[
+        int | None, typer.Option("--max-file-size", help="Skip downloading larger files (bytes).")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=32)] = 4,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Pull W&B projects into the local store, incrementally and crash-safely.
+
+    Example: mirror sync my-team/my-project --files 'wandb-*' --files '*.yaml'
+    """
+    from mirror.progress import SyncProgress
+    from mirror.store import open_store
+    from mirror.sync.engine import SyncOptions
+    from mirror.sync.policy import FilePolicy
+    from mirror.sync.runner import sync
+
+    settings = settings_for(store)
+    options = SyncOptions(full=full, files=FilePolicy.parse(files, max_file_size),
+                          workers=workers)
+    s = open_store(settings)
+    try:
+        with SyncProgress(err, enabled=not json_out) as progress:
+            report = sync(s, settings, targets or [], options, progress)
+    finally:
+        s.close()
+    if json_out:
+        emit_json(report.as_dict())
+    else:
+        print_sync_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def print_sync_report(report: Any) -> None:
+    table = Table(title="sync")
+    for col in ("project", "listed", "unchanged", "synced", "failed", "rows", "MB", "s"):
+        table.add_column(col, justify="left" if col == "project" else "right")
+    for p in report.projects:
+        synced = len(p.outcomes) - len(p.failed)
+        table.add_row(f"{p.entity}/{p.project}", str(p.listed), str(p.unchanged), str(synced),
+                      str(len(p.failed)), f"{p.rows:,}", f"{p.bytes / 1e6:,.1f}",
+                      f"{p.seconds:.1f}")
+    err.print(table)
+    for p in report.projects:
+        for o in p.failed:
+            err.print(f"[red]failed[/] {p.entity}/{p.project}/{o.run_id}: {o.error}")
+        for o in p.outcomes:
+            for why in o.skipped:
+                err.print(f"[yellow]skipped[/] {p.entity}/{p.project}/{o.run_id}: {why}")
+    for target, why in report.errors.items():
+        err.print(f"[red]failed[/] {target}: {why}")
+
+
+@app.command("serve")
+@handle_errors
+def serve_cmd(
+    store: StoreOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback unless told).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8765,
+    authoritative: Annotated[
+        bool,
+        typer.Option("--authoritative", help="Apply edits directly (be the upstream)."),
+    ] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", help="Key clients must send (40+ chars; default: random)."),
+    ] = None,
+    seed: Annotated[
+        str | None, typer.Option("--seed", help="Seed the store first: 'demo'.")
+    ] = None,
+    faults: Annotated[
+        Path | None, typer.Option("--faults", help="JSON fault plan (tests, benchmarks).")
+    ] = None,
+    request_log: Annotated[
+        Path | None, typer.Option("--request-log", help="Append a JSON line per request.")
+    ] = None,
+) -> None:
+    """Serve the store over W&B's HTTP/GraphQL protocol (the official client works on it).
+
+    Example: mirror serve --seed demo --authoritative --port 8765
+    """
+    from mirror.server.faults import FaultPlan
+    from mirror.server.http import serve
+    from mirror.server.requestlog import RequestLog
+    from mirror.server.seed import seed_demo
+    from mirror.store import open_store
+
+    s = open_store(settings_for(store))
+    if seed is not None:
+        if seed != "demo":
+            raise typer.BadParameter("only 'demo' is known", param_hint="--seed")
+        res = seed_demo(s)
+        err.print(f"seeded {res.entity}/{res.project}: {len(res.run_ids)} runs")
+    plan = FaultPlan.from_json(faults) if faults else None
+    log = RequestLog(request_log) if request_log else None
+
+    def ready(server: Any) -> None:
+        err.print(f"wandb-mirror serving {s.where} at {server.url}"
+                  f" ({'authoritative' if authoritative else 'local'} mode). Use:")
+        out.print(f"export WANDB_BASE_URL={server.url}", highlight=False)
+        out.print(f"export WANDB_API_KEY={server.api_key}", highlight=False)
+        err.print("Ctrl-C stops the server.")
+
+    try:
+        serve(s, host=host, port=port, api_key=api_key, authoritative=authoritative,
+              faults=plan, request_log=log, ready=ready)
+    finally:
+        s.close()
+
+
+@app.command("demo")
+@handle_errors
+def demo_cmd(
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sync a seeded, bundled W&B-compatible server into the local store, then query it.
+
+    Needs no account and no network: the server runs on 127.0.0.1 over a temporary store.
+    Example: mirror demo && mirror status
+    """
+    from mirror.demo import run_demo
+
+    result = run_demo(settings_for(store), console=err, quiet=json_out)
+    if json_out:
+        emit_json(result)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -16,6 +16,7 @@ boundaries parses library messages.
     │   ├── SchemaTooNewError        written by a newer wandb-mirror  terminal
     │   ├── SchemaOutOfDateError     behind head, upgrade refused      terminal
     │   ├── StoreBusyError           locked by another writer         transient
+    │   ├── BlobVerifyError          size/md5 differ from the promise  transient
     │   └── StoreFullError           disk full / read-only            terminal
     ├── UpstreamError                the W&B server
     │   ├── CommError                wandb-compatible name, has .exc  transient
@@ -111,6 +112,13 @@ class StoreBusyError(StoreError):
     default_hint = "Another mirror process is writing; retry in a moment."
 
 
+class BlobVerifyError(StoreError):
+    """Received bytes differ from what was promised (size/md5); nothing was kept."""
+
+    transient = True
+    default_hint = "The transfer was corrupted or cut short; retry the download or upload."
+
+
 class StoreFullError(StoreError):
     """The disk is full or the database cannot be written."""
 
@@ -140,9 +148,14 @@ class CommError(UpstreamError):
     """Communication with the server failed (the name ``wandb.CommError`` has).
 
     ``exc`` holds the underlying exception, as in wandb, for scripts that inspect it.
+    ``maybe_applied`` is True when the request was sent and its outcome is unknown
+    (connection dropped before the answer, read timeout, 5xx): read back before
+    re-sending a write. ``retry_after`` is the server's Retry-After in seconds, if sent.
     """
 
     transient = True
+    maybe_applied: bool = False
+    retry_after: float | None = None
     default_hint = "Check the network and WANDB_BASE_URL; the action can be retried."
 
     def __init__(
@@ -229,6 +242,7 @@ class ImportError_(MirrorError):
 
 __all__ = [
     "AuthError",
+    "BlobVerifyError",
     "CommError",
     "ConfigError",
     "EditRejected",

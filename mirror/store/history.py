@@ -112,3 +112,14 @@ def delete_history(session: Session, run_pk: int, from_step: int | None = None) 
             "DELETE FROM history WHERE run_pk = ? AND step >= ?", (run_pk, from_step)
         )
     return int(cur.rowcount)
+
+
+def count_events(session: Session, run_pk: int) -> int:
+    cur = _dbapi(session).execute("SELECT count(*) FROM event WHERE run_pk = ?", (run_pk,))
+    return int(cur.fetchone()[0])
+
+
+def replace_events(session: Session, run_pk: int, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Swap a run's system-metric rows for ``rows`` (events have no step to resume from)."""
+    _dbapi(session).execute("DELETE FROM event WHERE run_pk = ?", (run_pk,))
+    return save_events(session, run_pk, rows)

@@ -1,0 +1,100 @@
+"""What sync needs to know about its own progress, kept in the store.
+
+Cursors (``sync_cursor``) are written in the same transaction as the rows they cover, so
+a crash anywhere loses at most the page in flight. A run's history cursor is not stored
+separately at all: it is ``max(step)`` of the rows themselves, which can never disagree
+with the data.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session, col
+
+from mirror.store.models import Run, RunFile, SyncCursor
+
+
+def get_cursor(session: Session, base_url: str, entity: str, project: str, stream: str) -> Any:
+    row = session.get(SyncCursor, (base_url, entity, project, stream))
+    return None if row is None else row.value
+
+
+def set_cursor(
+    session: Session, base_url: str, entity: str, project: str, stream: str, value: Any
+) -> None:
+    row = session.get(SyncCursor, (base_url, entity, project, stream))
+    if row is None:
+        row = SyncCursor(base_url=base_url, entity=entity, project=project, stream=stream,
+                         updated_at=time.time())
+    row.value = value
+    row.updated_at = time.time()
+    session.add(row)
+    session.flush()
+
+
+def synced_projects(session: Session, base_url: str) -> list[tuple[str, str]]:
+    """Every ``(entity, project)`` that has a cursor for ``base_url``, for `mirror sync`."""
+    rows = session.execute(
+        select(col(SyncCursor.entity), col(SyncCursor.project))
+        .where(col(SyncCursor.base_url) == base_url, col(SyncCursor.project) != "")
+        .distinct()
+        .order_by(col(SyncCursor.entity), col(SyncCursor.project))
+    ).all()
+    return [(e, p) for e, p in rows]
+
+
+def listing_state(session: Session, entity: str, project: str) -> dict[str, tuple[int, str | None]]:
+    """``run_id -> (pk, listing_hash)`` for every run of a project (tombstoned included)."""
+    rows = session.execute(
+        select(col(Run.run_id), col(Run.pk), col(Run.listing_hash)).where(
+            col(Run.entity) == entity, col(Run.project) == project
+        )
+    ).all()
+    return {run_id: (pk, h) for run_id, pk, h in rows}
+
+
+def set_listing_hash(session: Session, run_pk: int, value: str | None) -> None:
+    row = session.get(Run, run_pk)
+    if row is not None:
+        row.listing_hash = value
+        session.add(row)
+        session.flush()
+
+
+def tombstone_runs(session: Session, run_pks: list[int]) -> int:
+    """Mark runs deleted upstream. Their data stays; they leave listings by default."""
+    now = time.time()
+    n = 0
+    for pk in run_pks:
+        row = session.get(Run, pk)
+        if row is not None and not row.tombstoned:
+            row.tombstoned = True
+            row.tombstoned_at = now
+            session.add(row)
+            n += 1
+    session.flush()
+    return n
+
+
+def file_states(session: Session, run_pk: int) -> dict[str, tuple[str | None, int | None,
+                                                                 str | None, str | None]]:
+    """``name -> (md5, size, updated_at, blob_hash)`` of a run's stored files."""
+    rows = session.execute(
+        select(
+            col(RunFile.name), col(RunFile.md5), col(RunFile.size_bytes),
+            col(RunFile.updated_at), col(RunFile.blob_hash),
+        ).where(col(RunFile.run_pk) == run_pk)
+    ).all()
+    return {name: (md5, size, upd, blob) for name, md5, size, upd, blob in rows}
+
+
+def tombstone_files(session: Session, run_pk: int, names: list[str]) -> None:
+    for name in names:
+        row = session.get(RunFile, (run_pk, name))
+        if row is not None and not row.tombstoned:
+            row.tombstoned = True
+            session.add(row)
+    session.flush()

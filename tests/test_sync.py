@@ -1,0 +1,334 @@
+"""`mirror sync` against the project's own W&B-compatible server on 127.0.0.1.
+
+Upstream is a real seeded store behind a real HTTP server; the local store is a real
+migrated SQLite file; the request log of the server counts exactly what crossed the wire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirror.records import RunRecord
+from mirror.server.faults import Fault, FaultPlan
+from mirror.server.http import apply_file_stream, store_uploaded_file
+from mirror.server.seed import SeedResult, generate, seed_demo
+from mirror.server.testing import RunningServer, serve_in_thread
+from mirror.settings import Settings
+from mirror.store import Store, blobs, history, open_store, runs
+from mirror.store.codec import dumps
+from mirror.sync.engine import SyncOptions
+from mirror.sync.policy import FilePolicy
+from mirror.sync.runner import SyncReport, sync
+from mirror.upstream.client import WandbClient
+from mirror.upstream.http import RetryPolicy
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[tuple[Store, SeedResult]]:
+    s = open_store(tmp_path / "upstream" / "mirror.db")
+    res = seed_demo(s)
+    yield s, res
+    s.close()
+
+
+@pytest.fixture
+def server(upstream: tuple[Store, SeedResult]) -> Iterator[RunningServer]:
+    with serve_in_thread(upstream[0], authoritative=True) as srv:
+        yield srv
+
+
+def settings_for(local: Store, srv: RunningServer) -> Settings:
+    assert local.path is not None
+    return Settings(home=local.path.parent, db_url=local.url, base_url=srv.url,
+                    api_key=srv.api_key)
+
+
+def do_sync(local: Store, srv: RunningServer, targets: list[str], *,
+            fast_retries: bool = True, **opts: Any) -> SyncReport:
+    settings = settings_for(local, srv)
+    policy = RetryPolicy(max_attempts=8, base_delay=0.01, max_delay=0.05) if fast_retries \
+        else None
+    client = WandbClient(settings, policy=policy)
+    try:
+        return sync(local, settings, targets, SyncOptions(**opts), client=client)
+    finally:
+        client.close()
+
+
+def snapshot(store: Store, entity: str, project: str) -> dict[str, Any]:
+    """Everything a pull writes, per run, comparable across stores."""
+    out: dict[str, Any] = {}
+    with store.session() as s:
+        for rec in runs.query_runs(s, entity, project, include_tombstoned=True):
+            assert rec.pk is not None
+            files = {}
+            for f in runs.list_files(s, rec.pk, include_tombstoned=True):
+                data = blobs.read_blob(store, f.blob_hash) if f.blob_hash else None
+                files[f.name] = (f.size_bytes, f.md5, f.tombstoned,
+                                 hashlib.sha256(data).hexdigest() if data is not None else None)
+            out[rec.run_id] = {
+                "run": dumps(_run_fields(rec)),
+                "history": dumps(list(history.iter_history(s, rec.pk))),
+                "events": dumps(list(history.iter_events(s, rec.pk))),
+                "files": files,
+            }
+    return out
+
+
+def _run_fields(rec: RunRecord) -> dict[str, Any]:
+    keep = ("display_name", "state", "config", "summary", "system_metrics", "tags", "notes",
+            "group_name", "job_type", "commit", "created_at", "heartbeat_at",
+            "history_line_count", "events_line_count", "last_step", "sweep_name", "tombstoned")
+    return {k: getattr(rec, k) for k in keep}
+
+
+def canon(value: Any) -> str:
+    """Key-order-free exact text of a JSON value (NaN spelled out)."""
+    return json.dumps(value, sort_keys=True, allow_nan=True)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal as JSON values: numbers by value (the Go-based client prints 0.0 as 0),
+    NaN equal to NaN, dict key order ignored."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b or (a != a and b != b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def data_version(path: Path) -> int:
+    """SQLite's counter of commits made by OTHER connections (changes iff someone wrote)."""
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+# --- equality and idempotence -----------------------------------------------------------
+
+
+def test_sync_copies_upstream_exactly(upstream: tuple[Store, SeedResult],
+                                      server: RunningServer, store: Store) -> None:
+    up, res = upstream
+    report = do_sync(store, server, [f"{res.entity}/{res.project}"])
+    assert report.ok, report.as_dict()
+    p = report.projects[0]
+    assert p.listed == len(res.run_ids) == len(p.outcomes)
+    assert p.rows == res.history_rows
+    mine, theirs = snapshot(store, res.entity, res.project), snapshot(up, res.entity, res.project)
+    assert mine.keys() == theirs.keys()
+    for run_id in theirs:
+        assert mine[run_id] == theirs[run_id], f"run {run_id} differs after sync"
+    with store.session() as s:
+        assert runs.get_sweep(s, res.entity, res.project, res.sweep_id) is not None
+
+
+def test_second_sync_sends_one_request_and_writes_nothing(
+        upstream: tuple[Store, SeedResult], server: RunningServer, store: Store) -> None:
+    _, res = upstream
+    assert do_sync(store, server, [f"{res.entity}/{res.project}"]).ok
+    assert store.path is not None
+    before_version = data_version(store.path)
+    before_log = len(server.request_log)
+    again = do_sync(store, server, [])  # no target: every project synced before
+    assert again.ok
+    assert len(server.request_log) - before_log == 1
+    assert again.projects[0].rows == 0 and not again.projects[0].outcomes
+    assert data_version(store.path) == before_version, "an unchanged sync wrote to the store"
+
+
+def test_official_client_reads_what_the_store_holds(
+        upstream: tuple[Store, SeedResult], server: RunningServer, store: Store) -> None:
+    """The acceptance judge: wandb.Api on the server vs our store, value by value."""
+    wandb = pytest.importorskip("wandb")
+    _, res = upstream
+    assert do_sync(store, server, [f"{res.entity}/{res.project}"]).ok
+    api = wandb.Api(overrides={"base_url": server.url}, api_key=server.api_key, timeout=30)
+    with store.session() as s:
+        for run_id in res.run_ids:
+            theirs = api.run(f"{res.entity}/{res.project}/{run_id}")
+            mine = runs.get_run(s, res.entity, res.project, run_id)
+            assert mine is not None and mine.pk is not None
+            assert canon(dict(theirs.summary._json_dict)) == canon(mine.summary)
+            unwrapped = {k: v["value"] if isinstance(v, dict) and "value" in v else v
+                         for k, v in (mine.config or {}).items() if k != "_wandb"}
+            assert canon(theirs.config) == canon(unwrapped)
+            assert theirs.tags == mine.tags and theirs.state == mine.state
+            rows = list(theirs.scan_history(page_size=500))
+            assert same(rows, list(history.iter_history(s, mine.pk))), run_id
+            events = theirs.history(stream="events", pandas=False, samples=100_000)
+            assert len(events) == history.count_events(s, mine.pk)
+            for f in theirs.files():
+                mine_f = runs.get_file(s, mine.pk, f.name)
+                assert mine_f is not None and mine_f.md5 == f.md5 and mine_f.blob_hash
+                assert mine_f.size_bytes == f.size
+
+
+# --- incremental --------------------------------------------------------------------------
+
+
+def test_incremental_sync_of_a_1000_run_project(tmp_path: Path, store: Store) -> None:
+    up = open_store(tmp_path / "up.db")
+    gen = generate(up, runs=1000, steps=20, keys=4, entity="team", project="big")
+    try:
+        with serve_in_thread(up, authoritative=True) as srv:
+            first = do_sync(store, srv, ["team/big"])
+            assert first.ok and first.projects[0].listed == 1000
+
+            n = len(srv.request_log)
+            assert do_sync(store, srv, ["team/big"]).ok
+            assert len(srv.request_log) - n <= 5
+
+            grown = gen.run_ids[:10]
+            for i, run_id in enumerate(grown):
+                rows = [{"_step": 20 + k, "loss": 1.0 / (k + 1)} for k in range(100)]
+                lines = [dumps(r) for r in rows]
+                apply_file_stream(up, "team", "big", run_id, {
+                    "files": {"wandb-history.jsonl": {"offset": 20, "content": lines}}})
+                data = f"new file {i}".encode()
+                store_uploaded_file(up, "team", "big", run_id, f"extra/{i}.txt",
+                                    io.BytesIO(data), size=len(data))
+            n = len(srv.request_log)
+            third = do_sync(store, srv, ["team/big"])
+            assert third.ok, third.as_dict()
+            used = len(srv.request_log) - n
+            assert used <= 3 * 10 + 5, used
+            assert third.projects[0].rows == 1000
+            assert sorted(o.run_id for o in third.projects[0].outcomes) == sorted(grown)
+            assert snapshot(store, "team", "big") == snapshot(up, "team", "big")
+    finally:
+        up.close()
+
+
+# --- edits upstream that move no timestamp, deletions, rewinds ---------------------------
+
+
+def test_full_sync_tombstones_deleted_runs_and_keeps_their_data(
+        upstream: tuple[Store, SeedResult], server: RunningServer, store: Store) -> None:
+    up, res = upstream
+    target = f"{res.entity}/{res.project}"
+    assert do_sync(store, server, [target]).ok
+    victim = res.run_ids[3]
+    with up.transaction() as s:
+        pk = runs.run_pk(s, res.entity, res.project, victim)
+        assert pk is not None
+        runs.update_run(s, pk, tombstoned=True)  # gone from upstream listings
+    report = do_sync(store, server, [target], full=True)
+    assert report.ok and report.projects[0].tombstoned == 1
+    with store.session() as s:
+        rec = runs.get_run(s, res.entity, res.project, victim)
+        assert rec is not None and rec.tombstoned and rec.pk is not None
+        assert history.history_bounds(s, rec.pk)[0] > 0, "a tombstoned run lost its history"
+        assert victim not in {r.run_id for r in runs.query_runs(s, res.entity, res.project)}
+
+
+def test_rewound_history_is_refetched_and_swapped(
+        upstream: tuple[Store, SeedResult], server: RunningServer, store: Store) -> None:
+    up, res = upstream
+    target = f"{res.entity}/{res.project}"
+    assert do_sync(store, server, [target]).ok
+    run_id = res.run_ids[0]
+    with up.transaction() as s:
+        pk = runs.run_pk(s, res.entity, res.project, run_id)
+        assert pk is not None
+        history.delete_history(s, pk, from_step=500)
+        history.save_history(s, pk, [{"_step": 500, "loss": -1.0, "rewound": True}])
+        count, _, hi = history.history_bounds(s, pk)
+        runs.update_run(s, pk, last_step=hi, history_line_count=count,
+                        heartbeat_at="2099-01-01T00:00:00Z")
+    assert do_sync(store, server, [target]).ok
+    assert snapshot(store, res.entity, res.project)[run_id] == \
+        snapshot(up, res.entity, res.project)[run_id]
+
+
+def test_edge_data_round_trips(upstream: tuple[Store, SeedResult], server: RunningServer,
+                               store: Store) -> None:
+    up, res = upstream
+    huge = {f"k{i}-ключ-{i % 7}": (float("nan") if i % 97 == 0 else i * 0.5)
+            for i in range(10_000)}
+    huge["nested"] = {"deep": [1, {"x": float("inf")}], "media": {"_type": "image-file",
+                                                                 "path": "media/x.png"}}
+    with up.transaction() as s:
+        runs.save_run(s, RunRecord(entity=res.entity, project=res.project, run_id="nohist01",
+                                   state="finished", config={}, summary=huge, tags=["é"],
+                                   created_at="2024-06-01T00:00:00Z",
+                                   heartbeat_at="2024-06-01T00:00:00Z",
+                                   history_line_count=0, events_line_count=0, file_count=0))
+    assert do_sync(store, server, [f"{res.entity}/{res.project}"]).ok
+    with store.session() as s:
+        rec = runs.get_run(s, res.entity, res.project, "nohist01")
+        assert rec is not None and rec.pk is not None
+        assert dumps(rec.summary) == dumps(huge)
+        assert history.history_bounds(s, rec.pk)[0] == 0
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+
+def test_sync_completes_under_injected_faults(
+        upstream: tuple[Store, SeedResult], server: RunningServer, store: Store) -> None:
+    up, res = upstream
+    server.faults = FaultPlan([
+        Fault(route="*", kind="429", probability=0.1, retry_after=0.01),
+        Fault(route="*", kind="500", probability=0.1),
+        Fault(route="*", kind="503", probability=0.05),
+        Fault(route="*", kind="latency", probability=0.1, latency_ms=20),
+        Fault(route="storage_get", kind="drop_after", probability=0.1),
+    ], seed=7)
+    report = do_sync(store, server, [f"{res.entity}/{res.project}"], workers=3)
+    assert report.ok, report.as_dict()
+    assert server.request_log.faults(), "no fault was injected"
+    server.faults = FaultPlan()
+    assert snapshot(store, res.entity, res.project) == snapshot(up, res.entity, res.project)
+
+
+def test_a_run_that_always_fails_is_reported_and_others_complete(
+        upstream: tuple[Store, SeedResult], server: RunningServer, store: Store) -> None:
+    up, res = upstream
+    bad = res.run_ids[5]
+    with up.transaction() as s:
+        pk = runs.run_pk(s, res.entity, res.project, bad)
+        assert pk is not None
+    assert up.path is not None
+    conn = sqlite3.connect(up.path)  # a history row the server cannot even parse
+    conn.execute("UPDATE history SET row = 'not json' WHERE run_pk = ? AND step = "
+                 "(SELECT max(step) FROM history WHERE run_pk = ?)", (pk, pk))
+    conn.commit()
+    conn.close()
+    report = do_sync(store, server, [f"{res.entity}/{res.project}"])
+    assert not report.ok
+    failed = report.projects[0].failed
+    assert [o.run_id for o in failed] == [bad] and failed[0].error
+    ok = [o for o in report.projects[0].outcomes if o.status != "failed"]
+    assert len(ok) == len(res.run_ids) - 1
+
+
+def test_file_policy_none_keeps_metadata_and_downloads_nothing(
+        upstream: tuple[Store, SeedResult], server: RunningServer, store: Store) -> None:
+    _, res = upstream
+    report = do_sync(store, server, [f"{res.entity}/{res.project}"],
+                     files=FilePolicy.parse(["none"]))
+    assert report.ok and report.projects[0].bytes == 0
+    assert store.counts()["run_file"] > 0 and store.counts()["blob"] == 0
+    report = do_sync(store, server, [f"{res.entity}/{res.project}"], full=True,
+                     files=FilePolicy.parse(["*.json"]))
+    assert report.ok
+    with store.session() as s:
+        pk = runs.run_pk(s, res.entity, res.project, res.run_ids[0])
+        assert pk is not None
+        cached = {f.name for f in runs.list_files(s, pk) if f.blob_hash}
+    assert cached == {"wandb-metadata.json"}
