@@ -30,9 +30,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mirror.records import FileRecord, ProjectRecord, RunRecord, SweepRecord
+from mirror.sampling import sample_evenly
 from mirror.server.context import ServerContext
 from mirror.server.graphql_api import dumps_response, execute_graphql
-from mirror.server.sampling import sample_evenly
 from mirror.store import Store, history, open_store, runs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -803,7 +803,7 @@ class MirrorHandler(BaseHTTPRequestHandler):
             raise HttpError(400, f"the body is not JSON: {exc}") from None
 
     def _send_json(self, status: int, doc: Any, headers: Mapping[str, str] | None = None) -> None:
-        body = codec.dumps_wire(doc).encode("utf-8")
+        body = codec.dumps_strict(doc).encode("utf-8")
         self._send(status, body, "application/json", headers)
 
     def _send_error(self, status: int, message: str,

@@ -71,3 +71,24 @@ def loads_wire(text: str | bytes) -> Any:
 def dumps_wire(value: Any) -> str:
     """Encode for the wire the way W&B's SDK does: bare NaN/Infinity, no tab prefix."""
     return dumps(value).lstrip(EXACT_MARK)
+
+
+def dumps_strict(value: Any) -> str:
+    """Strict JSON for documents whose readers reject NaN (GraphQL responses: Go's
+    encoding/json in wandb-core fails on a bare ``NaN``). Non-finite floats become
+    ``null``, as orjson writes them; JSON *strings* that hold NaN are untouched."""
+    try:
+        return orjson.dumps(value).decode("utf-8")
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(_finite(value), ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

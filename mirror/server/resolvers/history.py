@@ -4,7 +4,7 @@ Semantics (``wandb-protocol.md`` sections 4.5-4.7 and 7):
 
 * ``history(samples, minStep, maxStep)``: rows with ``minStep <= _step < maxStep``
   (maxStep EXCLUSIVE), each a JSON string, at most ``samples`` of them, chosen by
-  :func:`~mirror.server.sampling.sample_evenly`. wandb-core's ``scan_history`` pages
+  :func:`~mirror.sampling.sample_evenly`. wandb-core's ``scan_history`` pages
   with ``samples = maxStep - minStep``, so a page is never thinned.
 * ``sampledHistory(specs)``: per spec ``{keys, samples, minStep?, maxStep?}`` (maxStep
   INCLUSIVE: wandb-core sends ``page_end - 1``), one inline list of the rows that hold
@@ -30,8 +30,8 @@ from typing import Any
 from graphql import GraphQLError
 
 from mirror.records import RunRecord
+from mirror.sampling import sample_evenly
 from mirror.server.resolvers.common import RequestContext, parse_json_input
-from mirror.server.sampling import sample_evenly
 from mirror.store import history as store_history
 from mirror.store import queries
 
