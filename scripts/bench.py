@@ -318,7 +318,24 @@ def environment() -> dict[str, str]:
     }
 
 
+def load_plugins() -> None:
+    """Import ``scripts/bench_*.py``: each registers more benchmarks with ``@benchmark``.
+
+    They ``from bench import benchmark, CaseResult, ...``; when this file runs as a script
+    it is ``__main__``, so it is also made importable as ``bench`` (one registry, not two).
+    """
+    import importlib
+
+    sys.modules.setdefault("bench", sys.modules[__name__])
+    here = Path(__file__).resolve().parent
+    if str(here) not in sys.path:
+        sys.path.insert(0, str(here))
+    for path in sorted(here.glob("bench_*.py")):
+        importlib.import_module(path.stem)
+
+
 def main(argv: list[str] | None = None) -> int:
+    load_plugins()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for bench in BENCHMARKS.values():

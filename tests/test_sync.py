@@ -293,6 +293,7 @@ def test_sync_completes_under_injected_faults(
         Fault(route="*", kind="503", probability=0.05),
         Fault(route="*", kind="latency", probability=0.1, latency_ms=20),
         Fault(route="storage_get", kind="drop_after", probability=0.1),
+        Fault(route="graphql", kind="drop_after", probability=0.05),
     ], seed=7)
     report = do_sync(store, server, [f"{res.entity}/{res.project}"], workers=3)
     assert report.ok, report.as_dict()
@@ -423,3 +424,34 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
             assert hashlib.sha256(data).hexdigest() == blob_hash
     finally:
         local.close()
+
+
+# --- the command line --------------------------------------------------------------------
+
+
+def test_cli_sync_json_and_exit_codes(upstream: tuple[Store, SeedResult],
+                                      server: RunningServer, tmp_path: Path) -> None:
+    _, res = upstream
+    env = {**os.environ, "MIRROR_HOME": str(tmp_path / "home"), "WANDB_BASE_URL": server.url,
+           "WANDB_API_KEY": server.api_key}
+    cmd = [sys.executable, "-m", "mirror.cli", "sync"]
+    done = subprocess.run([*cmd, f"{res.entity}/{res.project}", "--json", "--files", "none"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["ok"] and out["projects"][0]["listed"] == len(res.run_ids)
+    assert out["projects"][0]["rows"] == res.history_rows
+    # No target: re-sync what was synced before; nothing changed.
+    again = subprocess.run([*cmd, "--json", "--files", "none"], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0 and json.loads(again.stdout)["projects"][0]["rows"] == 0
+    # A project that does not exist: exit 1 with the reason, no traceback.
+    missing = subprocess.run([*cmd, f"{res.entity}/no-such-project"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1
+    assert "no-such-project" in missing.stderr and "Traceback" not in missing.stderr
+    # A dead server: exit 1, a clear transient error.
+    dead = subprocess.run([*cmd, f"{res.entity}/{res.project}"],
+                          env={**env, "WANDB_BASE_URL": "http://127.0.0.1:9"},
+                          capture_output=True, text=True, timeout=300)
+    assert dead.returncode == 1 and "Traceback" not in dead.stderr

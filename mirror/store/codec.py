@@ -22,6 +22,7 @@ shortest repr that round-trips, in both encoders.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -57,15 +58,23 @@ def loads(text: str | bytes) -> Any:
         return json.loads(text)
 
 
+_LONG_INT = re.compile(rb"\d{19}")
+
+
 def loads_wire(text: str | bytes) -> Any:
     """Decode JSON that came over the wire, exactly (bare NaN/Infinity, wide ints).
 
-    Used for documents from servers and clients, where we cannot know which parser
-    is exact; the standard library always is.
+    orjson is tried first (about 5x faster on history pages); it refuses NaN/Infinity,
+    and a run of 19+ digits may be an integer it would silently turn into a float, so
+    those texts go to the standard library, which is always exact.
     """
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    return json.loads(text)
+    raw = text.encode("utf-8") if isinstance(text, str) else text
+    if _LONG_INT.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
 
 
 def dumps_wire(value: Any) -> str:
