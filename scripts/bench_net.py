@@ -146,7 +146,7 @@ def bench_serve(args: argparse.Namespace) -> list[CaseResult]:
 
             return go
 
-        doc = ("query H($e:String!,$p:String!,$r:String!,$a:Int,$b:Int,$s:Int)"
+        doc = ("query H($e:String!,$p:String!,$r:String!,$a:Int64,$b:Int64,$s:Int)"
                "{project(name:$p,entityName:$e){run(name:$r){history(minStep:$a,"
                "maxStep:$b,samples:$s)}}}")
 
