@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,3 +44,25 @@ def store(store_path: Path) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[tuple[Store, Any]]:
+    """A store seeded with the demo project (a sweep, 20 runs, history, events, files)."""
+    from mirror.server.seed import seed_demo
+
+    s = open_store(tmp_path / "upstream" / "mirror.db")
+    res = seed_demo(s)
+    yield s, res
+    s.close()
+
+
+@pytest.fixture
+def server(upstream: tuple[Store, Any]) -> Iterator[Any]:
+    """`mirror serve --authoritative` over ``upstream`` on a free 127.0.0.1 port, in a
+    thread; stopped (connections closed, threads joined) when the test ends."""
+    from mirror.server.testing import serve_in_thread
+
+    with serve_in_thread(upstream[0], authoritative=True) as srv:
+        yield srv

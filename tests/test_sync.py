@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +33,6 @@ from mirror.sync.policy import FilePolicy
 from mirror.sync.runner import SyncReport, sync
 from mirror.upstream.client import WandbClient
 from mirror.upstream.http import RetryPolicy
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[tuple[Store, SeedResult]]:
-    s = open_store(tmp_path / "upstream" / "mirror.db")
-    res = seed_demo(s)
-    yield s, res
-    s.close()
-
-
-@pytest.fixture
-def server(upstream: tuple[Store, SeedResult]) -> Iterator[RunningServer]:
-    with serve_in_thread(upstream[0], authoritative=True) as srv:
-        yield srv
 
 
 def settings_for(local: Store, srv: RunningServer) -> Settings:
