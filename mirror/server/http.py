@@ -164,24 +164,6 @@ def _parse_line(name: str, index: int, line: str) -> dict[str, Any]:
     return value
 
 
-def _value_type(value: Any) -> str:
-    """W&B's name for a history value's type in ``historyKeys.keys[k].typeCounts``."""
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        kind = value.get("_type")
-        return kind if isinstance(kind, str) else "map"
-    if isinstance(value, list):
-        return "list"
-    return type(value).__name__
-
-
 def merge_history_keys(
     doc: Mapping[str, Any] | None, rows: Iterable[Mapping[str, Any]], last_step: int | None
 ) -> dict[str, Any]:
@@ -201,7 +183,7 @@ def merge_history_keys(
     for row in rows:
         for key, value in row.items():
             cls = type(value)
-            kind = "number" if cls is float or cls is int else _value_type(value)
+            kind = "number" if cls is float or cls is int else history.value_type(value)
             tally[(key, kind)] = tally.get((key, kind), 0) + 1
     for (key, kind), n in tally.items():
         counts = keys.setdefault(key, {"typeCounts": []})["typeCounts"]

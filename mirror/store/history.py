@@ -25,6 +25,25 @@ _UPSERT_EVENT = (
 )
 
 
+def value_type(value: Any) -> str:
+    """W&B's name for a history value's type (``historyKeys.keys[k].typeCounts``):
+    number, string, boolean, nil, list, map, or a media value's ``_type``."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        kind = value.get("_type")
+        return kind if isinstance(kind, str) else "map"
+    if isinstance(value, list):
+        return "list"
+    return type(value).__name__
+
+
 def _dbapi(session: Session) -> Any:
     """The DBAPI connection under the session's current transaction."""
     return session.connection().connection.driver_connection

@@ -36,8 +36,9 @@ from mirror.store.filters import (
     order_columns,
     register_sqlite_functions,
 )
+from mirror.store.history import value_type
 from mirror.store.models import Project, Run, RunFile
-from mirror.store.runs import _file_record, to_record
+from mirror.store.runs import file_record, to_record
 
 __all__ = [
     "count_files",
@@ -349,25 +350,8 @@ def history_key_stats(session: Session, run_pk: int) -> dict[str, dict[str, int]
         row = codec.loads(stored)
         if isinstance(row, dict):
             for key, value in row.items():
-                add(str(key), _type_name(value), 1)
+                add(str(key), value_type(value), 1)
     return stats
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if value is None:
-        return "nil"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        kind = value.get("_type")
-        return kind if isinstance(kind, str) else "map"
-    return "unknown"
 
 
 def event_count(session: Session, run_pk: int) -> int:
@@ -430,7 +414,7 @@ def file_page(
     stmt = stmt.order_by(RunFile.name)
     if limit is not None:
         stmt = stmt.limit(limit)
-    return [_file_record(r) for r in session.execute(stmt).scalars()]
+    return [file_record(r) for r in session.execute(stmt).scalars()]
 
 
 def count_files(

@@ -195,7 +195,8 @@ def count_runs(
 # --- files ---------------------------------------------------------------------------
 
 
-def _file_record(row: RunFile) -> FileRecord:
+def file_record(row: RunFile) -> FileRecord:
+    """The record of a stored run file row."""
     return FileRecord(**{n: getattr(row, n) for n in _FILE_FIELDS})
 
 
@@ -223,7 +224,7 @@ def delete_file(session: Session, run_pk: int, name: str) -> bool:
 
 def get_file(session: Session, run_pk: int, name: str) -> FileRecord | None:
     row = session.get(RunFile, (run_pk, name))
-    return None if row is None else _file_record(row)
+    return None if row is None else file_record(row)
 
 
 def list_files(
@@ -238,7 +239,7 @@ def list_files(
         stmt = stmt.where(col(RunFile.name).in_(list(names)))
     if not include_tombstoned:
         stmt = stmt.where(col(RunFile.tombstoned) == False)  # noqa: E712
-    return [_file_record(r) for r in session.execute(stmt).scalars()]
+    return [file_record(r) for r in session.execute(stmt).scalars()]
 
 
 # --- sweeps --------------------------------------------------------------------------
