@@ -328,10 +328,6 @@ def test_file_policy_none_keeps_metadata_and_downloads_nothing(
 # --- crash safety -------------------------------------------------------------------------
 
 
-def _scale() -> float:
-    return float(os.environ.get("MIRROR_STRESS_SCALE", "1"))
-
-
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     """`mirror sync` SIGKILLed >= 20 times (seeded moments), restarted each time.
@@ -349,7 +345,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
         with serve_in_thread(up, authoritative=True) as srv:
             # A little latency on every request stretches the sync over the kill window.
             srv.faults = FaultPlan([Fault(route="*", kind="latency", probability=1.0,
-                                          latency_ms=15 * _scale())])
+                                          latency_ms=15)])
             env = {**os.environ, "MIRROR_HOME": str(local_home), "WANDB_BASE_URL": srv.url,
                    "WANDB_API_KEY": srv.api_key}
             cmd = [sys.executable, "-m", "mirror.cli", "sync", f"{res.entity}/{res.project}",
