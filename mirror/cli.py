@@ -38,6 +38,23 @@ app = typer.Typer(
 db_app = typer.Typer(help="Inspect and migrate the local store.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
+
+def _mount_commands() -> None:
+    """Commands that live in :mod:`mirror.commands`, one module per capability."""
+    from mirror.commands.daemon import daemon_cmd
+    from mirror.commands.outbox import outbox_app
+    from mirror.commands.push import push_cmd
+
+    app.command("daemon")(daemon_cmd)
+    app.command("push")(push_cmd)
+    app.add_typer(outbox_app, name="outbox")
+    from mirror.commands.import_mlflow import app as import_app
+
+    app.add_typer(import_app, name="import", help="Import runs from other systems (MLflow).")
+
+
+_mount_commands()
+
 StoreOpt = Annotated[
     Path | None,
     typer.Option(
@@ -161,17 +178,22 @@ def db_info(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
 @app.command("status")
 @handle_errors
 def status(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
-    """Summarise what the mirror holds: projects, runs, history, files, pending edits.
+    """Summarise what the mirror holds, and the daemon's state.
 
     Example: mirror status --json
     """
+    from mirror.daemon.status import daemon_status, format_status
+    from mirror.outbox.status import outbox_status
     from mirror.store import open_store
 
-    s = open_store(settings_for(store), create=False, allow_upgrade=False)
+    settings = settings_for(store)
+    s = open_store(settings, create=False, allow_upgrade=False)
     try:
         counts = s.counts()
+        outbox = outbox_status(s)
     finally:
         s.close()
+    daemon = daemon_status(settings)
     summary = {
         "store": s.where,
         "projects": counts["project"],
@@ -184,13 +206,18 @@ def status(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
         "conflicts": counts["conflict"],
     }
     if json_out:
-        emit_json(summary)
+        emit_json({**summary, "outbox": outbox, "daemon": daemon})
         return
     table = Table(title=f"wandb-mirror status: {s.where}", show_header=False)
     for key, value in summary.items():
         if key != "store":
             table.add_row(key.replace("_", " "), f"{value:,}")
     out.print(table)
+    for key, value in outbox.items():
+        if not isinstance(value, dict | list):
+            out.print(f"outbox {key.replace('_', ' ')}: {value}", highlight=False, markup=False)
+    for line in format_status(daemon):
+        out.print(line, highlight=False, markup=False)
 
 
 FilesOpt = Annotated[

@@ -371,5 +371,181 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if args.strict and not all(c.ok for c in cases) else 0
 
 
+
+# === mlflow: the MLflow importer (phase 1) vs the old official read path ==================
+# One contiguous block (issue 7). Data: --runs runs x --metrics keys x --steps steps in one
+# MLflow sqlite store, read directly (sqlite:///) and through `mlflow server` on 127.0.0.1
+# (the same database file). Mirror = MlflowImporter.import_runs(upload=False) into a fresh
+# store (read AND write); baseline = what wandb 0.27's MlflowImporter read path did: list
+# runs, then one get_metric_history per key, sequentially, merging rows by step (no
+# write). Points/s for both, and MLflow API calls per run.
+
+
+def _mlflow_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", type=int, default=200, help="MLflow runs (200)")
+    parser.add_argument("--metrics", type=int, default=10, help="metric keys per run (10)")
+    parser.add_argument("--steps", type=int, default=1000, help="steps per key (1000)")
+    parser.add_argument("--backends", default="sqlite,http",
+                        help="comma list of sqlite,http (sqlite,http)")
+
+
+def _mlflow_build(path: Path, runs: int, keys: int, steps: int) -> list[str]:
+    """An MLflow store with runs x keys x steps points. Runs and experiments go through
+    MlflowClient; the points are bulk-inserted into MLflow's own tables (what log_batch
+    writes, row for row) because log_batch would take minutes for 2M points."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{path}")
+    exp = client.create_experiment("bench", artifact_location=str(path.parent / "art"))
+    t0 = 1_700_000_000_000
+    ids = []
+    for i in range(runs):
+        run = client.create_run(exp, start_time=t0, run_name=f"run-{i:04d}")
+        client.set_terminated(run.info.run_id, "FINISHED", end_time=t0 + steps * 1000)
+        ids.append(run.info.run_id)
+    rng = random.Random(7)
+    conn = sqlite3.connect(path)
+    with conn:
+        for rid in ids:
+            rows = [(f"m{k}", rng.random(), t0 + s * 1000, rid, s, 0)
+                    for k in range(keys) for s in range(steps)]
+            conn.executemany("INSERT INTO metrics (key, value, timestamp, run_uuid, step, "
+                             "is_nan) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(f"m{k}", rows[k * steps + steps - 1][1], t0 + (steps - 1) * 1000, steps - 1,
+                  0, rid) for k in range(keys)])
+    conn.close()
+    return ids
+
+
+@contextmanager
+def _mlflow_server(db: Path) -> Iterator[str]:
+    """`mlflow server` over ``db`` on a free loopback port (its process group is killed)."""
+    import os
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    proc = subprocess.Popen(
+        [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
+         f"sqlite:///{db}", "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("mlflow server did not start") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _official_read(uri: str) -> tuple[int, int, int]:
+    """wandb 0.27's MlflowImporter read path: (points, runs, API calls)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    calls = 1
+    points = n_runs = 0
+    for exp in client.search_experiments():
+        calls += 1
+        for run in client.search_runs(exp.experiment_id):
+            n_runs += 1
+            by_step: dict[int, dict[str, float]] = {}
+            for key in run.data.metrics:
+                calls += 1
+                for m in client.get_metric_history(run.info.run_id, key):
+                    by_step.setdefault(m.step, {})[key] = m.value
+                    points += 1
+            rows = [{"_step": step, **values} for step, values in by_step.items()]
+            assert rows or not run.data.metrics
+    return points, n_runs, calls
+
+
+def _mlflow_case(backend: str, uri: str, tmp: Path, args: argparse.Namespace
+                 ) -> tuple[CaseResult, float, float]:
+    """One backend: alternate mirror and baseline; (case, calls/run mirror, baseline)."""
+    from mirror.importers.mlflow import MlflowImporter
+    from mirror.settings import Settings, sqlite_url
+
+    points = args.runs * args.metrics * args.steps
+    mirror_calls: list[float] = []
+    base_calls: list[float] = []
+    made: list[Path] = []
+
+    def mirror() -> Callable[[], None]:
+        path = tmp / f"mirror-{backend}-{len(made)}.db"
+        made.append(path)
+        settings = Settings(home=tmp, db_url=sqlite_url(path), entity="bench")
+
+        def go() -> None:
+            with MlflowImporter(mlflow_tracking_uri=uri, store=path, settings=settings) as imp:
+                report = imp.import_runs(imp.collect_runs(), artifacts=False, upload=False)
+                assert report.counts() == {"imported": args.runs}, report.counts()
+                mirror_calls.append(imp.source.total_calls / args.runs)
+
+        return go
+
+    def baseline() -> Callable[[], None]:
+        def go() -> None:
+            got, n_runs, n_calls = _official_read(uri)
+            assert got == points and n_runs == args.runs
+            base_calls.append(n_calls / args.runs)
+
+        return go
+
+    case = alternate(CaseResult(f"{backend} points", points, "points",
+                                target=3.0 if backend == "http" else 0.8),
+                     args.repeat, mirror, baseline)
+    return case, statistics.median(mirror_calls), statistics.median(base_calls)
+
+
+@benchmark("mlflow", help="MLflow import (phase 1) vs the old official read path",
+           arguments=_mlflow_arguments)
+def bench_mlflow(args: argparse.Namespace) -> list[CaseResult]:
+    """Points/s of our importer's phase 1 (read + store) against the old read path."""
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    cases: list[CaseResult] = []
+    calls: dict[str, tuple[float, float]] = {}
+    with _tempdir() as tmp:
+        db = tmp / "mlflow.db"
+        _mlflow_build(db, args.runs, args.metrics, args.steps)
+        for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+            if backend == "http":
+                with _mlflow_server(db) as url:
+                    case, ours, theirs = _mlflow_case(backend, url, tmp, args)
+            else:
+                case, ours, theirs = _mlflow_case(backend, f"sqlite:///{db}", tmp, args)
+            cases.append(case)
+            calls[backend] = (ours, theirs)
+    for backend, (ours, theirs) in calls.items():
+        print(f"mlflow {backend}: MLflow API calls per run: mirror {ours:.2f}, "
+              f"baseline {theirs:.2f}")
+    return cases
+
+# === end of mlflow ===========================================================================
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,6 @@ from mirror.api import (
     CommError,
     DownloadTargetExistsError,
     FileNotCachedError,
-    OfflineEditUnavailable,
     RunFileNotFoundError,
 )
 from mirror.errors import UnsafePathError
@@ -190,9 +189,13 @@ def test_symlinked_folder_cannot_redirect_a_download(run, tmp_path: Path) -> Non
     assert list(outside.rglob("*")) == []
 
 
-def test_delete_is_an_offline_edit(run) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(OfflineEditUnavailable, match="outbox"):
-        run.file("config.yaml").delete()
+def test_delete_is_an_offline_edit(api: Api, run) -> None:  # type: ignore[no-untyped-def]
+    """Deleting queues an op and the file leaves the local view at once."""
+    assert "config.yaml" in {f.name for f in run.files()}
+    run.file("config.yaml").delete()
+    api.flush()
+    again = api.run("/".join(run.path))
+    assert "config.yaml" not in {f.name for f in again.files()}
 
 
 # --- metadata -----------------------------------------------------------------------------

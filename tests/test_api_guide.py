@@ -6,9 +6,9 @@ Source: ``../shared/reference/wandb-import-export-guide.md`` ("データのエ�
 placeholders filled in; the assertions check the values the code produced. The store is
 found the way a user's would be: ``MIRROR_HOME`` in the environment.
 
-Examples that edit a run (summary, config, files) need the outbox (issue #6). They are
-strict xfails that must fail with ``OfflineEditUnavailable`` today and assert the edit's
-effect, so they start passing (and the marker must go) when edits land.
+Examples that edit a run (summary, config, files) go through the outbox: each shows in the
+local store at once (read-your-writes); ``tests/test_outbox_guide.py`` pushes the same
+edits to a server and has the official client check the result.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import pandas as pd
 import pytest
 
 import mirror.api as wandb  # the only change to the guide's code: was `import wandb`
-from mirror.api import OfflineEditUnavailable
 from mirror.records import FileRecord, ProjectRecord, RunRecord, SweepRecord
 from mirror.store import Store, blobs, history, open_store
 from mirror.store import runs as store_runs
@@ -314,8 +313,6 @@ def test_compare_two_runs(capsys: pytest.CaptureFixture[str]) -> None:
     ]
 
 
-@pytest.mark.xfail(raises=OfflineEditUnavailable, strict=True,
-                   reason="offline edits arrive with the outbox (issue #6)")
 def test_update_metrics_after_the_run_finished() -> None:
     numpy_array = np.arange(10.0)
     api = wandb.Api()
@@ -331,8 +328,6 @@ def test_update_metrics_after_the_run_finished() -> None:
     assert summary["accuracy_histogram"]["_type"] == "histogram"
 
 
-@pytest.mark.xfail(raises=OfflineEditUnavailable, strict=True,
-                   reason="offline edits arrive with the outbox (issue #6)")
 def test_rename_a_metric_of_a_finished_run() -> None:
     api = wandb.Api()
 
@@ -346,8 +341,6 @@ def test_rename_a_metric_of_a_finished_run() -> None:
     assert summary["new_name"] == 525 and "val" not in summary
 
 
-@pytest.mark.xfail(raises=OfflineEditUnavailable, strict=True,
-                   reason="offline edits arrive with the outbox (issue #6)")
 def test_update_the_config_of_a_run() -> None:
     updated_value = 7
     api = wandb.Api()
@@ -406,8 +399,6 @@ def test_run_start_time() -> None:
     assert start_time == "2024-02-01T00:00:00Z"
 
 
-@pytest.mark.xfail(raises=OfflineEditUnavailable, strict=True,
-                   reason="offline edits arrive with the outbox (issue #6)")
 def test_upload_a_file_to_a_finished_run() -> None:
     Path("file_name.extension").write_text("notes")
     api = wandb.Api()
@@ -475,8 +466,6 @@ def test_best_model_file_of_a_sweep(offline: Path, capsys: pytest.CaptureFixture
     assert (offline / "model.h5").read_bytes() == b"weights of sweep run 1"
 
 
-@pytest.mark.xfail(raises=OfflineEditUnavailable, strict=True,
-                   reason="offline edits arrive with the outbox (issue #6)")
 def test_delete_files_with_an_extension() -> None:
     api = wandb.Api()
 
@@ -506,8 +495,6 @@ def test_download_system_metrics_data() -> None:
     assert frame["_runtime"].iloc[-1] == 585.0
 
 
-@pytest.mark.xfail(raises=OfflineEditUnavailable, strict=True,
-                   reason="offline edits arrive with the outbox (issue #6)")
 def test_update_summary_metrics() -> None:
     val = 0.5
     api = wandb.Api()

@@ -21,7 +21,6 @@ from mirror.api import (
     Api,
     CommError,
     Histogram,
-    OfflineEditUnavailable,
     ProjectNotFoundError,
     Run,
     RunNotFoundError,
@@ -358,22 +357,16 @@ def test_runs_are_cached_until_flush(api: Api, filled: Store) -> None:
     assert run.load(force=True)["state"] == "crashed" and run.state == "crashed"
 
 
-def test_edits_are_refused_clearly_until_the_outbox(api: Api) -> None:
+def test_edits_show_locally_at_once(api: Api) -> None:
+    """Read-your-writes: an edit is visible to a fresh read before any push."""
     run = api.run(f"{E}/{P}/a1")
-    run.summary["acc"] = 1.0  # local only, as in wandb
-    assert run.summary["acc"] == 1.0
-    del run.summary["loss"]
-    with pytest.raises(OfflineEditUnavailable, match="offline edits arrive with the outbox"):
-        run.summary.update()
+    run.summary["acc"] = 1.0
+    run.summary.update()
     run.config["lr"] = 0.5
-    with pytest.raises(OfflineEditUnavailable, match=r"run\.update"):
-        run.update()
-    for action in (run.delete, run.stop, lambda: run.upload_file("x.txt"),
-                   lambda: run.update_state("failed")):
-        with pytest.raises(NotImplementedError):
-            action()
+    run.update()
     api.flush()
-    assert api.run(f"{E}/{P}/a1").summary["acc"] == 0.71  # nothing was written
+    again = api.run(f"{E}/{P}/a1")
+    assert again.summary["acc"] == 1.0 and again.config["lr"] == 0.5
 
 
 def test_json_config_rewraps_like_wandb(api: Api) -> None:

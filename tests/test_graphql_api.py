@@ -746,12 +746,15 @@ def test_upsert_bucket_creates_runs(seeded: Seeded) -> None:
     assert seeded.q(RUN.replace('"proj"', '"newproj"'), name=generated)["project"]["run"]
 
 
-def test_edits_need_authoritative_mode(seeded: Seeded) -> None:
+def test_default_mode_turns_edits_into_outbox_ops(seeded: Seeded) -> None:
+    """Without --authoritative the server is the offline drop-in: an edit from the
+    official client is queued in the local outbox instead of changing upstream truth."""
     seeded.ctx.authoritative = False
-    out = seeded.raw(SUMMARY, id="UnVuOjE=", summaryMetrics="{}")
-    assert "--authoritative" in out["errors"][0]["message"]
-    assert json.loads(seeded.q(RUN, name="run1")["project"]["run"]["summaryMetrics"])["loss"]
-    assert seeded.raw(DELETE, files=["RmlsZToxMQ=="])["errors"]
+    before = seeded.ctx.store.counts()["outbox_op"]
+    sid = seeded.q(RUN, name="run1")["project"]["run"]["id"]
+    out = seeded.raw(SUMMARY, id=sid, summaryMetrics=json.dumps({"loss": 0.5, "new": 1}))
+    assert "errors" not in out, out
+    assert seeded.ctx.store.counts()["outbox_op"] > before
 
 
 def test_delete_run_state_and_stop(seeded: Seeded) -> None:

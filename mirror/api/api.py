@@ -30,6 +30,7 @@ from mirror.api.run import Run
 from mirror.api.runs import Runs
 from mirror.api.sweeps import Sweep
 from mirror.errors import ConfigError
+from mirror.outbox import overlay
 from mirror.records import SweepRecord
 from mirror.settings import Settings
 from mirror.store import Store, open_store, reads
@@ -242,9 +243,11 @@ class Api:
         return run
 
     def _load_run(self, entity: str, project: str, run_id: str) -> reads.StoredRun:
-        """The stored run (the one place single runs are read, for the edit overlay)."""
+        """The stored run with the user's unsettled edits laid over it (read-your-writes)."""
         with self._session() as s:
             stored = reads.get_run(s, entity, project, run_id)
+            if stored is not None:
+                overlay.overlay_stored(s, [stored])
         if stored is None or stored.record.tombstoned:
             quoted = "/".join(urllib.parse.quote(p, safe="") for p in (entity, project, run_id))
             raise RunNotFoundError(f"Could not find run <Run {quoted} (not found)>")

@@ -68,19 +68,21 @@ class DownloadTargetExistsError(CommError, ValueError):
 
 
 class OfflineEditUnavailable(MirrorError, NotImplementedError):
-    """An edit (summary/config/tags/files/state) was attempted; edits are not wired yet.
+    """An edit the mirror does not queue offline (deleting or stopping a run, changing
+    its state, creating runs or projects through the ``Api``).
 
-    Offline edits are applied locally and queued for upload by the outbox; until it
-    exists, the ``Api`` is read-only and says so instead of silently dropping the edit.
+    Summary, config, tags, name, notes, group, job type, file uploads and file deletes are
+    queued by the outbox; these others change what a run *is* upstream and are left to
+    W&B itself, so the ``Api`` refuses them instead of silently dropping them.
     """
 
     default_hint = (
-        "Offline edits arrive with the outbox; until then apply edits with wandb.Api "
-        "while online, then `mirror sync`."
+        "Do this with wandb.Api while online, then `mirror sync`. The mirror queues "
+        "summary/config/tags/notes/name/group/job type edits and file uploads/deletes."
     )
 
     def __init__(self, action: str) -> None:
-        super().__init__(f"{action}: offline edits arrive with the outbox")
+        super().__init__(f"{action} is not an edit the mirror can queue offline")
         self.action = action
 
 

@@ -10,19 +10,22 @@ and are renamed into place, so an interrupted download never leaves a partial fi
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
+from functools import lru_cache
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from mirror.api.errors import (
     DownloadTargetExistsError,
     FileNotCachedError,
-    OfflineEditUnavailable,
     RunFileNotFoundError,
 )
 from mirror.api.paging import Paginator
 from mirror.errors import UnsafePathError
+from mirror.outbox import edits, overlay
+from mirror.outbox.ops import overlay_files
 from mirror.paths import validate_run_file_name
 from mirror.records import FileRecord
 from mirror.store import blobs, reads
@@ -61,18 +64,41 @@ class Files(Paginator["File"]):
         assert pk is not None
         after = self.objects[-1].name if self.objects else None
         with self.run._api._session() as s:
-            page = reads.file_page(
-                s, pk, names=self.names, pattern=self.pattern, after_name=after,
-                limit=self.per_page,
-            )
+            pending = overlay.file_ops(s, pk)
+            if pending:
+                # Pending uploads/deletes: the (small) listing is built whole, then paged
+                # by name exactly as the stored one is (keyset, stable under deletes).
+                rest = [f for f in self._overlaid(s, pk, pending)
+                        if after is None or f.name > after]
+                page = rest[: self.per_page]
+            else:
+                page = reads.file_page(
+                    s, pk, names=self.names, pattern=self.pattern, after_name=after,
+                    limit=self.per_page,
+                )
         return [File(rec, self.run) for rec in page]
+
+    def _overlaid(self, session: Any, pk: int, pending: list[Any]) -> list[FileRecord]:
+        """The matching files with pending file edits laid over them, by name."""
+        stored = reads.file_page(session, pk, names=self.names, pattern=self.pattern)
+        mine = [op for op in pending if self._wants(str(op.payload.get("name")))]
+        return overlay_files(stored, mine)
+
+    def _wants(self, name: str) -> bool:
+        if self.names:
+            return name in self.names
+        return self.pattern is None or _like(self.pattern).fullmatch(name) is not None
 
     def _length(self) -> int:
         if self._count is None:
             pk = self.run._record.pk
             assert pk is not None
             with self.run._api._session() as s:
-                self._count = reads.count_files(s, pk, self.names, self.pattern)
+                pending = overlay.file_ops(s, pk)
+                if pending:
+                    self._count = len(self._overlaid(s, pk, pending))
+                else:
+                    self._count = reads.count_files(s, pk, self.names, self.pattern)
         return self._count
 
     def one(self, name: str) -> File:
@@ -189,8 +215,15 @@ class File:
                 raise
         return open(target, encoding="utf-8")
 
-    def delete(self) -> NoReturn:
-        raise OfflineEditUnavailable(f"file.delete() of {self.name!r}")
+    def delete(self) -> None:
+        """Delete the file from the run: gone from every listing at once, queued for push.
+
+        The cached bytes stay in the blob cache (other runs may share them).
+        """
+        pk = self.run._record.pk
+        assert pk is not None
+        with self.run._api.store.transaction() as s:
+            edits.enqueue_file_delete(s, pk, self.name, base_md5=self.md5)
 
     def __repr__(self) -> str:
         return f"<File {self.name} ({self.mimetype}) {self.size} bytes>"
@@ -216,3 +249,21 @@ def _check_inside(root: str | os.PathLike[str], target: Path) -> None:
     real = os.path.realpath(folder)
     if os.path.commonpath([real_root, real]) != real_root:
         raise UnsafePathError(str(target), f"it resolves outside {os.fspath(root)!r}")
+
+
+@lru_cache(maxsize=64)
+def _like(pattern: str) -> re.Pattern[str]:
+    """A SQL ``LIKE`` pattern as a regex (``%``, ``_``, backslash escapes; ASCII case
+    folded, as SQLite's and MySQL's default LIKE do), for files only the overlay lists."""
+    out: list[str] = []
+    chars = iter(pattern)
+    for ch in chars:
+        if ch == "\\":
+            out.append(re.escape(next(chars, "\\")))
+        elif ch == "%":
+            out.append(".*")
+        elif ch == "_":
+            out.append(".")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.DOTALL | re.IGNORECASE | re.ASCII)

@@ -13,7 +13,9 @@ snake_case or camelCase (``run.history_line_count``, ``run.sweepName``) as wandb
 from __future__ import annotations
 
 import base64
+import copy
 import json
+import os
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -23,8 +25,11 @@ from mirror.api import history as _history
 from mirror.api.errors import NotMirroredError, OfflineEditUnavailable, SweepNotFoundError
 from mirror.api.files import File, Files
 from mirror.api.summary import Summary
+from mirror.outbox import edits
+from mirror.outbox.ops import doc_patch, meta_patch, tags_patch
+from mirror.paths import validate_run_file_name
 from mirror.records import RunRecord
-from mirror.store import codec, queries, reads
+from mirror.store import blobs, codec, queries, reads
 from mirror.store import history as store_history
 from mirror.store.reads import StoredRun
 
@@ -93,6 +98,9 @@ class Run:
         self._metadata: dict[str, Any] | None = None
         self._sweep: Sweep | None = None
         self._display_name = rec.display_name
+        # What the user saw, per document, when first handed out: an edit's base values,
+        # and the reference ``update()`` diffs against to find what changed.
+        self._seen: dict[str, Any] = {"meta": self._meta(), "tags": list(rec.tags)}
         # wandb's attribute dict (GraphQL field names), for camelCase/snake_case access.
         self._attrs: dict[str, Any] = {
             "id": storage_id(rec),
@@ -198,13 +206,38 @@ class Run:
     def notes(self) -> str | None:
         return self._record.notes
 
+    @notes.setter
+    def notes(self, value: str | None) -> None:
+        self._set_meta("notes", "notes", value)
+
+    @property
+    def description(self) -> str | None:
+        return self._record.description
+
+    @description.setter
+    def description(self, value: str | None) -> None:
+        self._set_meta("description", "description", value)
+
     @property
     def group(self) -> str | None:
         return self._record.group_name
 
+    @group.setter
+    def group(self, value: str | None) -> None:
+        self._set_meta("group_name", "group", value)
+
     @property
     def job_type(self) -> str | None:
         return self._record.job_type
+
+    @job_type.setter
+    def job_type(self, value: str | None) -> None:
+        self._set_meta("job_type", "jobType", value)
+
+    def _set_meta(self, field: str, attr: str, value: str | None) -> None:
+        """Set locally, as wandb does; ``run.update()`` commits it."""
+        setattr(self._record, field, value)
+        self._attrs[attr] = value
 
     @property
     def commit(self) -> str | None:
@@ -239,6 +272,7 @@ class Run:
     def _unwrapped(self) -> tuple[dict[str, Any], dict[str, Any]]:
         if self._configs is None:
             self._configs = unwrap_config(self._doc("config"))
+            self._seen["config"] = copy.deepcopy(self._configs[0])
         return self._configs
 
     @property
@@ -265,7 +299,8 @@ class Run:
     def summary(self) -> Summary:
         """The run's summary, dict-like (``run.summary["loss"]``, ``._json_dict``)."""
         if self._summary is None:
-            self._summary = Summary(self.summary_metrics, "/".join(self.path))
+            self._summary = Summary(self.summary_metrics, "/".join(self.path),
+                                    commit=self._commit_summary)
         return self._summary
 
     @property
@@ -283,6 +318,8 @@ class Run:
         if not isinstance(doc, dict):
             doc = {}
             setattr(self._record, name, doc)
+        if name == "summary" and "summary" not in self._seen:
+            self._seen["summary"] = copy.deepcopy(doc)
         return doc
 
     @property
@@ -446,13 +483,83 @@ class Run:
             time.sleep(poll_seconds)
             self.load(force=True)
 
-    # --- edits: they arrive with the outbox -----------------------------------------------
+    # --- edits: applied locally at once, pushed by the outbox ------------------------------
 
-    def update(self) -> NoReturn:
-        raise OfflineEditUnavailable(f"run.update() of run {'/'.join(self.path)}")
+    def _meta(self) -> dict[str, Any]:
+        rec = self._record
+        return {"display_name": self._display_name, "notes": rec.notes,
+                "description": rec.description, "group_name": rec.group_name,
+                "job_type": rec.job_type}
 
-    def save(self) -> NoReturn:
-        raise OfflineEditUnavailable(f"run.save() of run {'/'.join(self.path)}")
+    def _patches(self, *, summary_only: bool = False) -> list[tuple[str, Any]]:
+        """What changed since the user first saw each document: ``(kind, patch)`` pairs."""
+        out: list[tuple[str, Any]] = []
+        if self._summary is not None:
+            out.append(("summary", doc_patch(self._seen["summary"], self._summary._json_dict)))
+        if summary_only:
+            return out
+        if self._configs is not None:
+            out.append(("config", doc_patch(self._seen["config"], self._configs[0])))
+        out.append(("meta", meta_patch(self._seen["meta"], self._meta())))
+        out.append(("tags", tags_patch(self._seen["tags"], self.tags)))
+        return out
+
+    def _commit(self, patches: list[tuple[str, Any]]) -> None:
+        """Write the changed keys as outbox ops, all in one transaction.
+
+        The view changes at once (the ops are overlaid on every read); the edits reach
+        W&B with ``mirror push``. Each key carries the value the user saw as its base, so
+        the push can tell a change made upstream meanwhile (a conflict) from its own.
+        """
+        pk = self._record.pk
+        assert pk is not None
+        todo = [(kind, patch) for kind, patch in patches if patch is not None]
+        if not todo:
+            return
+        with self._api.store.transaction() as s:
+            for kind, patch in todo:
+                edits.enqueue_patch(s, pk, kind, patch)
+        self._seen["meta"] = self._meta()
+        self._seen["tags"] = list(self.tags)
+        if self._configs is not None:
+            self._seen["config"] = copy.deepcopy(self._configs[0])
+        if self._summary is not None:
+            self._seen["summary"] = copy.deepcopy(self._summary._json_dict)
+        self._attrs["tags"] = list(self.tags)
+
+    def _commit_summary(self) -> None:
+        self._commit(self._patches(summary_only=True))
+
+    def update(self) -> None:
+        """Commit local changes to config, tags, name, notes, group, job type and summary.
+
+        As with wandb: ``run.config["lr"] = 0.1; run.tags.append("x"); run.update()``.
+        Offline, the change shows at once in every read of this store and is queued for
+        ``mirror push`` (per key, with the value it replaces, for a safe merge upstream).
+        """
+        self._commit(self._patches())
+
+    def save(self) -> None:
+        """wandb's older name for :meth:`update`."""
+        self.update()
+
+    def upload_file(self, path: str, root: str = ".") -> File:
+        """Attach a local file to the run as ``relpath(path, root)`` (offline: queued).
+
+        The bytes are copied into the store's blob cache at once (so the file can be
+        listed and downloaded offline, and the local file may change or vanish), and the
+        upload is queued for ``mirror push``. Returns the new :class:`File`.
+        """
+        pk = self._record.pk
+        assert pk is not None
+        name = upload_name(path, root)
+        store = self._api.store
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            info = blobs.put_stream(store, fh, expected_size=size, record=False)
+        with store.transaction() as s:
+            rec = edits.enqueue_file_put(s, pk, name, info)
+        return File(rec, self)
 
     def delete(self, delete_artifacts: bool = False) -> NoReturn:
         raise OfflineEditUnavailable(f"run.delete() of run {'/'.join(self.path)}")
@@ -462,9 +569,6 @@ class Run:
 
     def stop(self) -> NoReturn:
         raise OfflineEditUnavailable(f"run.stop() of run {'/'.join(self.path)}")
-
-    def upload_file(self, path: str, root: str = ".") -> NoReturn:
-        raise OfflineEditUnavailable(f"run.upload_file({path!r}) to run {'/'.join(self.path)}")
 
     def logged_artifacts(self, per_page: int = 100) -> NoReturn:
         raise NotMirroredError("artifacts")
@@ -499,3 +603,15 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<Run {'/'.join(self.path)} ({self.state})>"
+
+
+def upload_name(path: str, root: str = ".") -> str:
+    """The run file name ``run.upload_file(path, root)`` gives, by wandb's rules.
+
+    ``relpath(path, abspath(root))`` with ``.``/``..`` segments turned into ``_``/``__``
+    (wandb's ``make_file_path_upload_safe``), then checked like any name from outside.
+    """
+    name = os.path.relpath(path, os.path.abspath(root))
+    parts = [p.replace(".", "_") if p in (os.curdir, os.pardir) else p
+             for p in name.lstrip(os.sep).split(os.sep)]
+    return validate_run_file_name("/".join(parts))

@@ -16,6 +16,7 @@ from mirror.api import history as _history
 from mirror.api.errors import ProjectNotFoundError
 from mirror.api.paging import Paginator
 from mirror.api.run import Run
+from mirror.outbox import overlay
 from mirror.store import reads
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class Runs(Paginator[Run]):
                 return []
             with self._api._session() as s:
                 records = reads.runs_by_pk(s, wanted)
+                overlay.overlay_stored(s, records)
             if len(records) < len(wanted):  # deleted since the snapshot: forget their keys
                 kept = {stored.record.pk for stored in records}
                 rest = pks[start + len(wanted) :]

@@ -3,16 +3,14 @@
 Reads behave like wandb's ``HTTPSummary``: ``summary["loss"]``, ``.get()``, ``in``,
 ``.keys()``/``.items()``, nested dicts as nested views, and ``_json_dict``, the raw
 document (the guide exports ``run.summary._json_dict``). As in wandb, setting or deleting
-an item changes only this object; ``update()`` is what commits, and committing is an
-offline edit, which arrives with the outbox.
+an item changes only this object; ``update()`` is what commits: offline, the changed keys
+become outbox ops (shown at once by every read of the store, pushed by ``mirror push``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
-
-from mirror.api.errors import OfflineEditUnavailable
 
 
 def to_json_value(value: Any) -> Any:
@@ -28,14 +26,20 @@ def to_json_value(value: Any) -> Any:
 class SummaryView(Mapping[str, Any]):
     """A (nested) level of a summary document; nested dicts come back as views."""
 
-    def __init__(self, json_dict: dict[str, Any], run_path: str) -> None:
+    def __init__(
+        self,
+        json_dict: dict[str, Any],
+        run_path: str,
+        commit: Callable[[], None] | None = None,
+    ) -> None:
         self._json_dict = json_dict
         self._run_path = run_path
+        self._commit = commit
 
     def __getitem__(self, key: str) -> Any:
         value = self._json_dict[key.strip() if isinstance(key, str) else key]
         if isinstance(value, dict):
-            return SummaryView(value, self._run_path)
+            return SummaryView(value, self._run_path, self._commit)
         return value
 
     def __iter__(self) -> Iterator[str]:
@@ -64,8 +68,16 @@ class SummaryView(Mapping[str, Any]):
             raise AttributeError(name) from None
 
     def update(self, key_vals: Mapping[str, Any] | None = None, overwrite: bool = True) -> None:
-        """Commit the summary (after merging ``key_vals``): an offline edit, not yet wired."""
-        raise OfflineEditUnavailable(f"summary.update() of run {self._run_path}")
+        """Set ``key_vals`` (if given), then commit every change made to the summary.
+
+        As wandb's ``HTTPSummary.update``: ``summary["k"] = v; summary.update()`` and
+        ``summary.update({"k": v})`` both commit; so does ``del summary["old"]`` followed
+        by ``update()`` (the rename pattern). Offline the commit queues per-key edits.
+        """
+        for key, value in (key_vals or {}).items():
+            self[key] = value
+        if self._commit is not None:
+            self._commit()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, SummaryView):

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from mirror.errors import MirrorError, UnsafePathError
+from mirror.outbox.settle import settle_run
 from mirror.paths import validate_run_file_name
 from mirror.records import FileRecord, RunRecord, SweepRecord
 from mirror.store import Store, blobs, codec, history, runs, syncstate
@@ -165,6 +166,7 @@ class ProjectSync:
         self.opts = options or SyncOptions()
         self.progress = progress or _NoProgress()
         self._lock = threading.Lock()
+        self._listed_at = 0.0  # when this pull began reading upstream (settles outbox ops)
 
     # --- listing -----------------------------------------------------------------
 
@@ -200,6 +202,7 @@ class ProjectSync:
     def run(self) -> ProjectReport:
         started = time.monotonic()
         report = ProjectReport(self.entity, self.project)
+        self._listed_at = time.time()
         listed, complete = self._list()
         report.listed = len(listed)
         with self.store.session() as s:
@@ -257,6 +260,7 @@ class ProjectSync:
             self._sync_files(rec, pk, out)
             with self.store.transaction() as s:
                 syncstate.set_listing_hash(s, pk, listing_hash(rec, self.opts.files))
+                settle_run(s, pk, pulled_after=self._listed_at)
         except MirrorError as exc:
             out.status = "failed"
             out.error = exc.message

@@ -1,8 +1,16 @@
 """The ``Mutation`` root: run upserts, run files, run state, projects.
 
-In authoritative mode every edit is applied to the store at once, in one
-``store.transaction()`` per mutation field. Otherwise edits would become outbox ops of
-the local store; until the outbox exists they are refused with a clear error.
+In authoritative mode (the server plays W&B for tests, benchmarks and the demo) every edit
+is applied to the store at once, in one ``store.transaction()`` per mutation field.
+
+In the default local mode the server is the offline drop-in: the official client's edits of
+a run that exists upstream become outbox ops of the store (:mod:`mirror.outbox.edits`),
+exactly as ``mirror.Api`` edits do, to be replayed by ``mirror push``. The whole documents
+``upsertBucket`` carries are diffed against the user's view (upstream row + pending ops) in
+the write transaction, so only the keys the client changed are queued, each with the value
+it replaced. Runs that exist only locally (created here, not uploaded yet) are local truth:
+their edits apply to the row directly and the run's upload carries them. Deleting, stopping
+or re-stating a run, and creating projects, are not queued: they need ``--authoritative``.
 
 ``upsertBucket`` carries FULL documents (``wandb-protocol.md`` 4.8/4.9): every input field
 with a value replaces the stored one; ``config``, ``summaryMetrics`` and ``tags`` are whole
@@ -21,7 +29,9 @@ from typing import Any
 
 from graphql import GraphQLError
 
-from mirror.errors import NotFoundError
+from mirror.errors import MirrorError, NotFoundError
+from mirror.outbox import edits, overlay
+from mirror.outbox.ops import META_FIELDS
 from mirror.paths import run_storage_id, validate_run_file_name
 from mirror.records import FileRecord, ProjectRecord, RunRecord
 from mirror.server.resolvers import project as proj
@@ -33,6 +43,7 @@ from mirror.server.resolvers.common import (
     parse_run_storage_id,
 )
 from mirror.server.resolvers.run import FileNode, RunNode
+from mirror.store import outbox as outbox_store
 from mirror.store import queries
 from mirror.store import runs as store_runs
 
@@ -90,9 +101,18 @@ class MutationRoot:
         self.rc = rc
 
     def _run_node(self, run_pk: int) -> RunNode:
-        rec = store_runs.get_run_by_pk(self.rc.session, run_pk)
+        """The run as the client now sees it (pending edits laid over the stored row)."""
+        rec = overlay.view_run(self.rc.session, run_pk)
         assert rec is not None
         return RunNode(self.rc, rec)
+
+    def _require_authoritative(self, what: str) -> None:
+        if not self.rc.server.authoritative:
+            raise MirrorError(
+                f"{what} is not queued offline by the mirror",
+                hint="Run it with wandb while online, or start `mirror serve "
+                "--authoritative` to apply it to this store directly.",
+            )
 
     # --- runs -------------------------------------------------------------------------
 
@@ -102,15 +122,16 @@ class MutationRoot:
         A new run gets ``running`` state, timestamps, the viewer as owner, a generated id
         when ``name`` is missing, and its id as display name when none is given (the SDK
         prints it). The answer's ``historyLineCount`` is 0 for a new run: the SDK starts
-        its history stream at that offset.
+        its history stream at that offset. In local mode, a new run is a local run with a
+        ``create_run`` op, and edits of a run known upstream become outbox ops.
         """
         rc = self.rc
-        rc.require_authoritative()
         given = {k: v for k, v in input.items() if v is not None}
         config = parse_json_input(given["config"], "config") if "config" in given else None
         summary = (parse_json_input(given["summaryMetrics"], "summaryMetrics")
                    if "summaryMetrics" in given else None)
         now = now_iso()
+        local = not rc.server.authoritative
         with rc.write() as s:
             if given.get("id"):
                 rec = _require_run_by_id(s, given["id"])
@@ -131,23 +152,24 @@ class MutationRoot:
                     created_at=now, heartbeat_at=now, username=rc.server.username,
                     user_name=rc.server.username, display_name=run_id, source="local",
                 )
-            for key, attr in _SCALAR_FIELDS.items():
-                if key in given:
-                    setattr(rec, attr, given[key])
-            if "tags" in given:
-                rec.tags = list(given["tags"])
-            if "config" in given:
-                rec.config = config
-            if "summaryMetrics" in given:
-                rec.summary = summary
-            rec.updated_at = now
-            pk = store_runs.save_run(s, rec)
+            queued = (local and not inserted and rec.pk is not None
+                      and edits.pending_create(s, rec.pk) is None)
+            if queued:
+                assert rec.pk is not None
+                pk = rec.pk
+                meta = {name: given[key] for name, key in META_FIELDS.items() if key in given}
+                edits.edit_documents(s, pk, summary=summary, config=config,
+                                     tags=given.get("tags"), meta=meta)
+            else:
+                pk = _apply_upsert(s, rec, given, config, summary, now)
+                if local and inserted:
+                    outbox_store.enqueue(s, pk, "create_run", {})
         return {"bucket": self._run_node(pk), "inserted": inserted,
                 "clientMutationId": input.get("clientMutationId")}
 
     def delete_run(self, input: dict[str, Any]) -> dict[str, Any]:
         """Tombstone the run: it disappears from every read, its data is kept."""
-        self.rc.require_authoritative()
+        self._require_authoritative("deleteRun")
         with self.rc.write() as s:
             rec = _require_run_by_id(s, input["id"])
             assert rec.pk is not None
@@ -155,7 +177,7 @@ class MutationRoot:
         return {"clientMutationId": input.get("clientMutationId")}
 
     def update_run_state(self, input: dict[str, Any]) -> dict[str, Any]:
-        self.rc.require_authoritative()
+        self._require_authoritative("updateRunState")
         with self.rc.write() as s:
             rec = _require_run_by_id(s, input["id"])
             assert rec.pk is not None
@@ -164,7 +186,7 @@ class MutationRoot:
 
     def stop_run(self, input: dict[str, Any]) -> dict[str, Any]:
         """A running (or pending) run becomes ``killed``; a finished run is left alone."""
-        self.rc.require_authoritative()
+        self._require_authoritative("stopRun")
         with self.rc.write() as s:
             rec = _require_run_by_id(s, input["id"])
             assert rec.pk is not None
@@ -178,10 +200,9 @@ class MutationRoot:
         """Signed upload URLs; the HTTP layer registers each file when its PUT lands.
 
         A missing run gives an empty ``runID``, which the client turns into its own
-        "Check that this project exists" error.
+        "Check that this project exists" error. (In local mode the PUT queues the upload.)
         """
         rc = self.rc
-        rc.require_authoritative()
         names = [validate_run_file_name(n) for n in input["files"]]
         rec = store_runs.get_run(rc.session, input["entityName"], input["projectName"],
                                  input["runName"])
@@ -199,7 +220,6 @@ class MutationRoot:
     def mark_run_files_uploaded(self, input: dict[str, Any]) -> dict[str, Any]:
         """Nothing to commit: the PUT already registered the file (0.22.3 never calls this)."""
         rc = self.rc
-        rc.require_authoritative()
         for name in input["files"]:
             validate_run_file_name(name)
         _require_run(rc.session, input["entityName"], input["projectName"], input["runName"])
@@ -212,15 +232,19 @@ class MutationRoot:
         that is neither is an error (it cannot name any file). The row is tombstoned, not
         dropped: it vanishes from every listing, a retried delete (say, after a dropped
         connection) still finds it, the cached blob stays, and a new upload revives it.
+        In local mode the delete of a file of a run known upstream is queued instead.
         """
         rc = self.rc
-        rc.require_authoritative()
+        local = not rc.server.authoritative
         with rc.write() as s:
             for fid in input["files"]:
                 target = queries.find_file_by_upstream_id(s, fid) or parse_file_id(fid)
                 if target is None:
                     raise GraphQLError(f"{fid!r} is not a file id")
                 run_pk, name = target
+                if local and edits.pending_create(s, run_pk) is None:
+                    edits.enqueue_file_delete(s, run_pk, name)
+                    continue
                 rec = store_runs.get_file(s, run_pk, name)
                 if rec is not None and not rec.tombstoned:
                     rec.tombstoned = True
@@ -233,7 +257,7 @@ class MutationRoot:
     def upsert_model(self, input: dict[str, Any]) -> dict[str, Any]:
         """Create or update a project (``name`` + ``entityName``)."""
         rc = self.rc
-        rc.require_authoritative()
+        self._require_authoritative("upsertModel")
         name = input.get("name")
         if not name:
             raise GraphQLError("upsertModel needs a project name")
@@ -249,3 +273,25 @@ class MutationRoot:
         node = proj.project_node(rc, entity, name)
         return {"project": node, "model": node, "inserted": existing is None,
                 "clientMutationId": input.get("clientMutationId")}
+
+
+def _apply_upsert(
+    session: Any,
+    rec: RunRecord,
+    given: dict[str, Any],
+    config: Any,
+    summary: Any,
+    now: str,
+) -> int:
+    """Write the given fields into the run's row (authoritative mode, or a local run)."""
+    for key, attr in _SCALAR_FIELDS.items():
+        if key in given:
+            setattr(rec, attr, given[key])
+    if "tags" in given:
+        rec.tags = list(given["tags"])
+    if "config" in given:
+        rec.config = config
+    if "summaryMetrics" in given:
+        rec.summary = summary
+    rec.updated_at = now
+    return store_runs.save_run(session, rec)
