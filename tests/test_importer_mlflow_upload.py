@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from mirror.errors import EditRejected
 from mirror.importers import mlflow_map as mm
 from mirror.importers.mlflow import ImportReport, MlflowImporter
 from mirror.outbox.upload_run import (
@@ -348,6 +349,18 @@ def test_a_run_deleted_upstream_is_reported_and_can_be_remapped(
                 store_runs.update_run(s, third.run_pk, run_id=first.path.split("/")[2])
             upload_run(imp.store, client, third.run_pk, force=True)
     assert [row["x"] for row in api.run(third.path).scan_history()] == [1.0, 2.0]
+    # W&B itself answers with HTTP 409: the same typed error
+    with importer(uri, tmp_path / "local.db", server, upstream[1].entity) as imp, \
+            client_for(server) as client:
+
+        def refuse(inputs: Any) -> Any:
+            raise EditRejected("UpsertBuckets: HTTP 409 from server: run was previously "
+                               "created and deleted", status=409, operation="UpsertBuckets")
+
+        client.upsert_buckets = refuse  # type: ignore[method-assign]
+        assert third.run_pk is not None
+        with pytest.raises(RunDeletedUpstream):
+            upload_run(imp.store, client, third.run_pk, force=True)
 
 
 # --- a real `mlflow server` ----------------------------------------------------------------
@@ -368,9 +381,10 @@ def mlflow_server(tmp_path: Path, mlflow_template: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
          f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-         str(tmp_path / "mlartifacts"), "--workers", "2"],
+         str(tmp_path / "mlartifacts"), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "wb"),  # noqa: SIM115
-        start_new_session=True, cwd=tmp_path)
+        start_new_session=True, cwd=tmp_path,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 45
@@ -425,8 +439,9 @@ def test_real_mlflow_server_import_and_upload(
         assert imp.source.remote and imp.source.key_workers == 8
         report = imp.import_runs(imp.collect_runs())
         assert report.ok and report.counts()["imported"] == 2
-        # one history call per key, fetched by the bounded pool
-        assert imp.source.calls["get_metric_history"] == 15
+        # MLflow's bulk endpoint: one request per key for both runs, none per key and run
+        assert imp.source.calls["get_metric_history_bulk"] == 15
+        assert imp.source.calls["get_metric_history"] == 0
         by_name = {x.run_name: x for x in report}
         rep = by_name["http-run"]
         assert same_points(stored_points(imp.store, rep), mlflow_points(mlflow_server,
@@ -441,4 +456,12 @@ def test_real_mlflow_server_import_and_upload(
         assert check_upstream(api, imp.store, report, tmp_path / "dl") == 2
         again = imp.import_runs(imp.collect_runs())
         assert again.counts() == {"unchanged": 2, "upload_unchanged": 2}
+    # a server without the bulk endpoint: one call per key, by the bounded pool, same data
+    with importer(mlflow_server, tmp_path / "other.db", None, "e") as imp2:
+        imp2.source.bulk = False
+        report2 = imp2.import_runs(imp2.collect_runs(), upload=False)
+        assert imp2.source.calls["get_metric_history"] == 15
+        rep2 = next(x for x in report2 if x.run_name == "http-run")
+        assert same_points(stored_points(imp2.store, rep2), mlflow_points(mlflow_server,
+                                                                            r.info.run_id))
     assert json.loads(files[mm.METADATA_FILE])["git"]["commit"] == "c" * 40

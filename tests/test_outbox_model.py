@@ -36,7 +36,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 import mirror.api as mapi
 from mirror.outbox.replay import PushOptions, push
@@ -314,6 +320,20 @@ class OutboxModel(RuleBasedStateMachine):
         self.srv.faults = FaultPlan()
         self.upstream_file(rid, content)
         self.record(rid, "f", "upstream", content)
+
+    @precondition(lambda self: hasattr(self, "local") and bool(self.owed()))
+    @rule(data=st.data())
+    def upstream_on_owed_key(self, data: st.DataObject) -> None:
+        """Upstream writes a key the local store still owes: the lost-update case."""
+        rid, key = data.draw(st.sampled_from(sorted(self.owed())))
+        r = self.run_ids.index(rid)
+        if key.startswith("s:"):
+            value = data.draw(st.one_of(st.integers(7, 9), st.none(), st.integers(1, 3)))
+            self.upstream_summary(r=r, key=key[2:], value=value)
+        elif key.startswith("t:"):
+            self.upstream_tag(r=r, tag=key[2:], add=data.draw(st.booleans()))
+        else:
+            self.upstream_files(r=r, content=data.draw(st.sampled_from(["u1", "p1", None])))
 
     # --- rules: sync --------------------------------------------------------------------------
 

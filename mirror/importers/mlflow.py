@@ -40,16 +40,22 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from mirror.errors import ConfigError, ImportError_, MirrorError
 from mirror.importers import mlflow_map as mm
-from mirror.importers.mlflow_read import MlflowSource
+from mirror.importers.mlflow_map import ImportReport, RunReport
+from mirror.importers.mlflow_read import MlflowSource, point_estimates
 from mirror.importers.namespace import Namespace
-from mirror.outbox.upload_run import UploadOutcome, needs_upload, upload_runs
+from mirror.outbox.upload_run import (
+    UploadOutcome,
+    make_upload_client,
+    needs_upload,
+    upload_runs,
+)
 from mirror.paths import run_storage_id, validate_run_file_name, wandb_time
 from mirror.records import FileRecord
 from mirror.settings import Settings
@@ -90,59 +96,6 @@ class MlflowRun:
 
     def __repr__(self) -> str:
         return f"MlflowRun({self.run_id()!r}, {self.display_name()!r})"
-
-
-@dataclass
-class RunReport:
-    """The outcome for one MLflow run. ``status``: imported | updated | unchanged |
-    failed | skipped; ``upload``: uploaded | unchanged | pending | failed | None."""
-
-    mlflow_run_id: str
-    status: str
-    reason: str | None = None
-    run_name: str | None = None
-    experiment_id: str | None = None
-    path: str | None = None  # entity/project/run_id in the store (and on W&B)
-    run_pk: int | None = None
-    rows: int = 0
-    points: int = 0
-    files: int = 0
-    seconds: float = 0.0
-    upload: str | None = None
-    upload_reason: str | None = None
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ImportReport:
-    """Every run's :class:`RunReport`, in the order the runs were given."""
-
-    runs: list[RunReport] = field(default_factory=list)
-
-    def __iter__(self) -> Iterator[RunReport]:
-        return iter(self.runs)
-
-    def __len__(self) -> int:
-        return len(self.runs)
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.runs:
-            out[r.status] = out.get(r.status, 0) + 1
-            if r.upload:
-                out[f"upload_{r.upload}"] = out.get(f"upload_{r.upload}", 0) + 1
-        return out
-
-    @property
-    def failed(self) -> list[RunReport]:
-        return [r for r in self.runs if r.status == "failed" or r.upload == "failed"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "counts": self.counts(), "runs": [asdict(r) for r in self.runs]}
 
 
 @dataclass(frozen=True)
@@ -329,7 +282,7 @@ class MlflowImporter:
         pool = ThreadPoolExecutor(workers, thread_name_prefix="mirror-mlflow-runs") \
             if workers > 1 else None
         try:
-            while window := self._window(items, workers):
+            while window := self.source.next_window(items, workers, lambda r: r.run):
                 self._prefetch(window)
                 out.extend(pool.map(one, window) if pool else map(one, window))
                 self.source.clear_cache()
@@ -338,26 +291,13 @@ class MlflowImporter:
                 pool.shutdown(wait=True, cancel_futures=True)
         return out
 
-    def _window(self, items: Iterator[MlflowRun], workers: int) -> list[MlflowRun]:
-        """The next runs to import together: up to 50 (bulk) or 2 per worker, and at most
-        ~300,000 metric points, so prefetched histories fit in memory."""
-        size = 50 if self.source.bulk else max(2, 2 * workers)
-        window: list[MlflowRun] = []
-        points = 0
-        for run in items:
-            window.append(run)
-            points += sum(_estimates(run).values())
-            if len(window) >= size or points >= 300_000:
-                break
-        return window
-
     def _prefetch(self, window: list[MlflowRun]) -> None:
         if not self.source.bulk:
             return
         with self.store.session() as s:  # new runs need every key; re-imports decide later
             new = [r for r in window
                    if imports.get_import(s, SYSTEM, self.source_uri, r.run_id()) is None]
-        self.source.prefetch([(r.run_id(), _estimates(r)) for r in new])
+        self.source.prefetch([(r.run_id(), point_estimates(r.run)) for r in new])
 
     def _import_safely(self, run: MlflowRun, opts: _Options) -> RunReport:
         start = time.monotonic()
@@ -382,8 +322,8 @@ class MlflowImporter:
             existing = store_runs.get_run_by_pk(s, entry.run_pk) if entry else None
             parent_wid = self._wandb_id(s, src.parent_run_id)
             root_wid = self._wandb_id(s, root)
-        run_id = existing.run_id if existing else self._new_run_id(src.run_id, opts.entity,
-                                                                    project)
+            run_id = existing.run_id if existing else self._new_run_id(
+                src.run_id, opts.entity, project, session=s)
         listing = self.source.list_tree(src.artifact_uri, run_id=src.run_id) \
             if opts.artifacts else None
         models = self.source.logged_models(src) if opts.artifacts else None
@@ -459,11 +399,13 @@ class MlflowImporter:
             store_runs.save_file(s, pk, FileRecord(
                 name=name, size_bytes=info.size, md5=info.md5_b64, mimetype=mimetype,
                 updated_at=stamp, blob_hash=info.hash))
+        file_count = 0
         for f in store_runs.list_files(s, pk):
             managed = f.name.startswith("mlflow/") or f.name == mm.METADATA_FILE
             if managed and f.name not in keep:
                 store_runs.delete_file(s, pk, f.name)  # gone from MLflow
-        file_count = len(store_runs.list_files(s, pk))
+            else:
+                file_count += 1
         summary = mm.build_summary(src, stats, runtime)
         group = config[mm.CONFIG_KEY]["value"]["root_wandb_run_id"]
         rec = mm.build_record(src, entity=opts.entity, project=project, run_id=run_id,
@@ -519,14 +461,16 @@ class MlflowImporter:
         return rec.run_id if rec else mm.wandb_run_id(self.source_uri, mlflow_run_id)
 
     def _new_run_id(self, mlflow_run_id: str, entity: str, project: str,
-                    first_salt: int = 0) -> str:
+                    first_salt: int = 0, *, session: Any = None) -> str:
         """The deterministic id, salted only if another local run already holds it."""
-        with self.store.session() as s:
-            for n in range(first_salt, first_salt + 100):
-                candidate = mm.wandb_run_id(self.source_uri, mlflow_run_id,
-                                            f"remap-{n}" if n else "")
-                if imports.run_id_taken(s, entity, project, candidate) is None:
-                    return candidate
+        if session is None:
+            with self.store.session() as s:
+                return self._new_run_id(mlflow_run_id, entity, project, first_salt, session=s)
+        for n in range(first_salt, first_salt + 100):
+            candidate = mm.wandb_run_id(self.source_uri, mlflow_run_id,
+                                        f"remap-{n}" if n else "")
+            if imports.run_id_taken(session, entity, project, candidate) is None:
+                return candidate
         raise ImportError_(f"no free W&B run id for {mlflow_run_id}",
                            source_run_id=mlflow_run_id)
 
@@ -551,16 +495,7 @@ class MlflowImporter:
     def wandb_client(self) -> Any:
         """The client of the destination (short retry budget: an import should not hang)."""
         if self._client is None:
-            from mirror.upstream.client import WandbClient
-            from mirror.upstream.http import RetryPolicy, make_session
-
-            if not self.dst_api_key:
-                raise ConfigError(f"no API key for {self.dst_base_url}",
-                                  hint="Set WANDB_API_KEY or run `wandb login`; or import "
-                                  "with upload=False (--no-upload) and push later.")
-            session = make_session(base_url=self.dst_base_url, api_key=self.dst_api_key)
-            self._client = WandbClient(session, policy=RetryPolicy(max_attempts=4,
-                                                                   max_elapsed=20.0))
+            self._client = make_upload_client(self.dst_base_url, self.dst_api_key)
         return self._client
 
     def _viewer_entity(self, online: bool) -> str:
@@ -606,10 +541,3 @@ class MlflowImporter:
         upload_runs(self.store, client, list(by_pk), on_done=done,
                     remap=remap if remap_deleted else None)
 
-
-def _estimates(run: MlflowRun) -> dict[str, int]:
-    """Points per metric key, guessed from the latest step (what ``search_runs`` gives)."""
-    objs = getattr(run.run.data, "_metric_objs", None)
-    if objs:
-        return {m.key: max(1, (m.step or 0) + 1) for m in objs}
-    return {k: 1000 for k in run.run.data.metrics}

@@ -1,4 +1,5 @@
-"""MLflow -> W&B mapping: pure functions, no I/O, no mlflow import.
+"""MLflow -> W&B mapping: pure functions, no I/O, no mlflow import (and the plain report
+records the importer returns).
 
 :mod:`mirror.importers.mlflow_read` turns MLflow objects into the plain values below
 (:class:`SourceRun`, :class:`Point`); this module turns those into what the store holds
@@ -73,7 +74,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
@@ -691,6 +692,62 @@ def _public_uri(uri: str | None) -> str | None:
     return urlunsplit((parts.scheme, parts.netloc.split("@")[-1], parts.path, "", ""))
 
 
+# --- reports -------------------------------------------------------------------------------
+
+
+@dataclass
+class RunReport:
+    """The outcome for one MLflow run. ``status``: imported | updated | unchanged |
+    failed | skipped; ``upload``: uploaded | unchanged | pending | failed | None."""
+
+    mlflow_run_id: str
+    status: str
+    reason: str | None = None
+    run_name: str | None = None
+    experiment_id: str | None = None
+    path: str | None = None  # entity/project/run_id in the store (and on W&B)
+    run_pk: int | None = None
+    rows: int = 0
+    points: int = 0
+    files: int = 0
+    seconds: float = 0.0
+    upload: str | None = None
+    upload_reason: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ImportReport:
+    """Every run's :class:`RunReport`, in the order the runs were given."""
+
+    runs: list[RunReport] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[RunReport]:
+        return iter(self.runs)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.runs:
+            out[r.status] = out.get(r.status, 0) + 1
+            if r.upload:
+                out[f"upload_{r.upload}"] = out.get(f"upload_{r.upload}", 0) + 1
+        return out
+
+    @property
+    def failed(self) -> list[RunReport]:
+        return [r for r in self.runs if r.status == "failed" or r.upload == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "counts": self.counts(), "runs": [asdict(r) for r in self.runs]}
+
+
 __all__ = [
     "ARTIFACTS_PREFIX",
     "CONFIG_KEY",
@@ -700,9 +757,11 @@ __all__ = [
     "MODELS_PREFIX",
     "POINTS_FILE",
     "ArtifactFile",
+    "ImportReport",
     "LoggedModel",
     "Point",
     "Projection",
+    "RunReport",
     "SourceRun",
     "artifact_file_name",
     "build_config",

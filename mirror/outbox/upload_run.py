@@ -38,17 +38,26 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mirror.errors import AuthError, CommError, EditRejected, MirrorError, StoreError
+from mirror.errors import (
+    AuthError,
+    CommError,
+    ConfigError,
+    EditRejected,
+    MirrorError,
+    StoreError,
+)
 from mirror.records import FileRecord, RunRecord
 from mirror.store import Store, blobs, history, imports, syncstate
 from mirror.store import runs as store_runs
-from mirror.upstream.client import WandbClient
+from mirror.upstream.client import UpsertOutcome, WandbClient
 from mirror.upstream.filestream import EVENTS, HISTORY, FileStreamWriter, encode_line
+from mirror.upstream.http import RetryPolicy, make_session
 
 __all__ = [
     "RunDeletedUpstream",
     "UploadOutcome",
     "UploadResult",
+    "make_upload_client",
     "needs_upload",
     "pending_uploads",
     "upload_cursor",
@@ -83,6 +92,20 @@ class UploadResult:
     state: str | None = None
     completed: bool = False  # the final complete/exitcode was acknowledged
     warnings: list[str] = field(default_factory=list)
+
+
+def make_upload_client(base_url: str, api_key: str | None) -> WandbClient:
+    """A client for uploads with a short retry budget (an import must not hang offline).
+
+    Raises:
+        ConfigError: no API key for ``base_url``.
+    """
+    if not api_key:
+        raise ConfigError(f"no API key for {base_url}",
+                          hint="Set WANDB_API_KEY or run `wandb login`; or import with "
+                          "upload=False (--no-upload) and push later.")
+    session = make_session(base_url=base_url, api_key=api_key)
+    return WandbClient(session, policy=RetryPolicy(max_attempts=4, max_elapsed=20.0))
 
 
 def upload_stream(run_id: str) -> str:
@@ -357,7 +380,10 @@ def _upsert(client: WandbClient, rec: RunRecord, entity: str, project: str,
             "state": state,
         }
         item.update({k: v for k, v in fields.items() if v is not None})
-    outcome = client.upsert_buckets([item])[0]
+    try:
+        outcome = client.upsert_buckets([item])[0]
+    except EditRejected as exc:  # W&B answers a deleted run's id with HTTP 409
+        outcome = UpsertOutcome(0, None, None, exc)
     result.requests += 1
     if outcome.error is not None:
         err = outcome.error
