@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,12 @@ class FsWatcher:
         """Start observing every watch whose folder exists; the others are reported in
         :attr:`unavailable` (their owners rely on timer scans)."""
         from watchdog.observers import Observer  # picks inotify/FSEvents/kqueue/polling
+
+        # inotify's recursive watch re-adds a new folder's callback when its creation
+        # races the scan of its parent, and warns about it: noise in the daemon's log
+        # (and fatal to the observer thread where warnings are errors), never a lost event.
+        warnings.filterwarnings("ignore", message=r"Callback with id .* already exists",
+                                category=RuntimeWarning)
 
         existing = []
         for w in watches:
