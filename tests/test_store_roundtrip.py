@@ -236,6 +236,22 @@ def test_codec_reads_foreign_json_with_bare_constants() -> None:
     assert_same([1.0, -0.0], codec.loads(b"[1.0,-0.0]"))
 
 
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        (b"[-9223372036854775809, 18446744073709551616]", [-(2**63) - 1, 2**64]),
+        (b'{"a": {"b": [1, 99999999999999999999999]}}', {"a": {"b": [1, 10**23 - 1]}}),
+        (b"[18446744073709551615, 1e300, -1e300]", [2**64 - 1, 1e300, -1e300]),
+        (b"[0.0021060533511106927, 1.0000000000000000000001]", [0.0021060533511106927, 1.0]),
+        (b'{"x_12345678901234567890": NaN}', {"x_12345678901234567890": math.nan}),
+    ],
+)
+def test_codec_wire_decoding_is_exact_for_wide_ints_and_long_fractions(
+        text: bytes, value: Any) -> None:
+    assert_same(value, codec.loads_wire(text))
+    assert_same(value, codec.loads_wire(text.decode()))
+
+
 def test_codec_text_with_wide_ints_or_nulls_is_readable_by_sqlite_json() -> None:
     """The tab is JSON whitespace: SQLite's json functions read the exact path's text."""
     conn = sqlite3.connect(":memory:")
