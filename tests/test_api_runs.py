@@ -26,12 +26,15 @@ from mirror.api import (
     RunNotFoundError,
     SweepNotFoundError,
 )
+from mirror.api import runs as api_runs
 from mirror.api.api import app_url, parse_path
 from mirror.api.sweeps import format_order_key
 from mirror.errors import ConfigError, FilterError, NotFoundError, StoreError
 from mirror.records import ProjectRecord, RunRecord, SweepRecord
 from mirror.store import Store, history, open_store, reads
+from mirror.store import codec as history_codec
 from mirror.store import runs as store_runs
+from mirror.store.models import Run as RunRow
 
 E, P = "team", "vision"
 WANDB_META = {"cli_version": "0.31.0", "python_version": "3.11.7", "t": {"1": [1, 55]}}
@@ -223,6 +226,7 @@ def test_runs_default_order_is_oldest_first_and_skips_deleted(api: Api) -> None:
 
 
 def test_runs_are_lazy_pages(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_runs, "READ_AHEAD", 1)  # one read per page
     calls = spy(monkeypatch, "runs_by_pk")
     runs = api.runs(f"{E}/{P}", per_page=2)
     assert len(runs) == 5 and calls == []  # len() loads no run
@@ -233,6 +237,32 @@ def test_runs_are_lazy_pages(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     assert [len(args[1]) for args, _ in calls] == [2, 2, 1]
     assert ids(runs) == ids(runs)  # cached: iterating again reads nothing
     assert len(calls) == 3
+
+
+def test_runs_are_read_ahead_and_handed_out_a_page_at_a_time(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_runs, "READ_AHEAD", 3)
+    calls = spy(monkeypatch, "runs_by_pk")
+    runs = api.runs(f"{E}/{P}", per_page=2)
+    assert runs[0].id == "a1" and len(runs.objects) == 2
+    assert runs[2].id == "c3" and len(runs.objects) == 4  # b2..c3 from the first read
+    assert [len(args[1]) for args, _ in calls] == [3, 2]
+    assert ids(runs) == ["a1", "b2", "c3", "d4", "e5"] and len(calls) == 2
+
+
+def test_runs_deleted_after_the_snapshot_are_skipped(
+    api: Api, filled: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_runs, "READ_AHEAD", 2)
+    runs = api.runs(f"{E}/{P}", per_page=1)
+    assert runs[0].id == "a1" and len(runs) == 5
+    with filled.transaction() as s:
+        for run_id in ("c3", "d4"):
+            pk = store_runs.run_pk(s, E, P, run_id)
+            s.delete(s.get(RunRow, pk))
+    assert ids(runs) == ["a1", "b2", "e5"] and len(runs) == 3
+    assert runs[2].id == "e5"
 
 
 def test_nested_iteration_and_next(api: Api) -> None:
@@ -472,3 +502,15 @@ def test_histogram_in_a_summary_is_stored_as_json(api: Api) -> None:
     run.summary["h"] = Histogram(np_histogram=([1], [0.0, 1.0]))
     assert run.summary._json_dict["h"] == {"_type": "histogram", "values": [1],
                                            "bins": [0.0, 1.0]}
+
+
+def test_history_page_decodes_every_kind_of_stored_text() -> None:
+    """The C-speed page decoder hands exact (tab-marked) and foreign NaN texts to codec."""
+    exact = history_codec.dumps({"a": math.inf, "n": None, "big": 2**70})
+    assert exact.startswith("\t")
+    plain = reads.HistoryPage([(0, '{"a":1}'), (1, '{"a":NaN}'), (2, '{"b":2.5}')])
+    rows = list(plain.rows())
+    assert rows[0] == {"a": 1} and math.isnan(rows[1]["a"]) and rows[2] == {"b": 2.5}
+    mixed = reads.HistoryPage([(0, '{"a":1}'), (1, exact)])
+    assert list(mixed.rows()) == [{"a": 1}, {"a": math.inf, "n": None, "big": 2**70}]
+    assert list(reads.HistoryPage([]).rows()) == []

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, func, select, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 
 from mirror.errors import FilterError
 from mirror.store import Store
@@ -380,11 +380,12 @@ def test_postgresql_sql_binds_every_user_value() -> None:
     """The PostgreSQL branch compiles (it cannot run here) and inlines no user input."""
     condition = compile_filters(
         {"config.sekrit_key": "sekrit_value", "tags": {"$regex": "sekrit_re"},
+         "config.sekrit_opt.sekrit_name": "sekrit_adam",  # nested: JSON path, not run_value
          "summary_metrics.a": {"$gt": 12345}, "display_name": {"$ne": "sekrit_name"}}
     )
     query = select(Run).where(condition).order_by(*compile_order("-summary_metrics.sekrit_m"))
     sql = str(query.compile(dialect=postgresql.dialect()))
-    assert "#>" in sql and "jsonb_array_elements_text" in sql
+    assert "#>" in sql and "jsonb_array_elements_text" in sql and "run_value" in sql
     assert "sekrit" not in sql and "12345" not in sql
 
 
@@ -656,3 +657,74 @@ def test_compiled_sql_agrees_with_reference_evaluator(store: Store) -> None:
         assert idset(store, filters) == expected, filters
 
     check()
+
+
+# --- the run_value side table ------------------------------------------------------------------
+
+
+def _json_paths_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compile top-level config/summary fields with JSON functions instead of run_value."""
+    from mirror.store import filters
+
+    def json_field(name: str, doc: str, key: str) -> Any:
+        keys = [key, "value"] if doc == "config" else [key]
+        return filters._Json(name, Run.__table__.c[doc], keys)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(filters, "_Indexed", json_field)
+
+
+SIDE_TABLE_FILTERS: list[Any] = [
+    {"config.lr": {"$gte": 0.01}}, {"config.lr": None}, {"config.lr": {"$ne": None}},
+    {"config.lr": {"$in": [0.1, "high", None]}}, {"config.lr": {"$nin": [1, 0.2]}},
+    {"config.batch": {"$gt": 2**62}}, {"config.use_bn": True}, {"config.use_bn": False},
+    {"config.opt": {"$exists": True}}, {"config.λ": 2}, {'config.quote"key': {"$lt": 6}},
+    {"config.experiment_name": {"$regex": "^[Ff]oo"}}, {"config.experiment_name": "foo"},
+    {"summary_metrics.loss": None}, {"summary_metrics.loss": {"$gt": 0.3}},
+    {"summary_metrics.loss": {"$lte": "z"}}, {"summary_metrics.big": {"$gt": 1e308}},
+    {"summary_metrics.small": {"$lt": -1e308}}, {"summary_metrics.acc": True},
+    {"summary_metrics.model1": {"$exists": True}}, {"summary_metrics.é": 1.5},
+    {"_runtime": {"$gte": 50}}, {"$nor": [{"summary_metrics.loss": {"$lt": 0.5}}]},
+    {"summary_metrics.loss": {"$not": {"$gt": 0.3}}},
+]
+SIDE_TABLE_ORDERS = ["+summary_metrics.loss", "-summary_metrics.loss", "+config.lr",
+                     "-config.lr", "-config.experiment_name", "+summary_metrics.acc",
+                     "-summary_metrics.big", "+_runtime"]
+
+
+def test_side_table_answers_exactly_like_the_json_functions(
+    runs: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every filter and order on a top-level key: run_value and JSON1 give the same runs."""
+    indexed = [ids(runs, f) for f in SIDE_TABLE_FILTERS]
+    ordered = [ids(runs, None, o) for o in SIDE_TABLE_ORDERS]
+    _json_paths_only(monkeypatch)
+    assert [ids(runs, f) for f in SIDE_TABLE_FILTERS] == indexed
+    assert [ids(runs, None, o) for o in SIDE_TABLE_ORDERS] == ordered
+    json_sql = str(compile_filters(SIDE_TABLE_FILTERS[0]).compile(dialect=sqlite.dialect()))
+    assert "run_value" not in json_sql and "json_extract" in json_sql  # the patch took
+
+
+def test_side_table_follows_every_write_of_the_store(runs: Store) -> None:
+    from mirror.store import runs as store_runs
+
+    with runs.transaction() as session:
+        pk = store_runs.run_pk(session, "e", "p", "r09")
+        assert pk is not None
+        store_runs.update_run(session, pk, summary={"loss": 9.5, "fresh": "yes"})
+    assert idset(runs, {"summary_metrics.loss": 9.5}) == {"r09"}
+    assert idset(runs, {"summary_metrics.fresh": "yes"}) == {"r09"}
+    assert "r09" not in idset(runs, {"summary_metrics.loss": 0.3})
+    with runs.transaction() as session:
+        row = session.get(Run, pk)
+        assert row is not None
+        row.config = {"lr": {"value": 7}}
+        session.add(row)
+    assert idset(runs, {"config.lr": 7}) == {"r09"}
+    assert "r09" not in idset(runs, {"config.experiment_name": "foo"})
+    assert idset(runs, {"summary_metrics.loss": 9.5}) == {"r09"}  # summary untouched
+    with runs.transaction() as session:
+        session.delete(session.get(Run, pk))
+    with runs.session() as session:
+        left = session.execute(text("SELECT count(*) FROM run_value WHERE run_pk = :pk"),
+                               {"pk": pk}).scalar()
+    assert left == 0

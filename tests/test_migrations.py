@@ -315,3 +315,89 @@ def test_backup_of_a_base_store_is_named_base(tmp_path: Path) -> None:
     dest = backup(path, None)
     assert dest.name.startswith("mirror.db.bak-base-")
     assert inspect_file(dest) == FileState(exists=True, revision=head_revision())
+
+
+def test_upgrade_from_0002_backfills_run_values(tmp_path: Path) -> None:
+    """0003 fills ``run_value`` from the runs a 0002 store already holds, exactly."""
+    import json
+    import math
+
+    from sqlalchemy import select
+
+    from mirror.store import codec
+    from mirror.store.filters import compile_filters, compile_order
+
+    path = tmp_path / "mirror.db"
+    upgrade(sqlite_url(path), "0002_blob_index")
+    docs = {
+        "a": ({"lr": {"value": 0.1, "desc": None}, "opt": {"value": "adam"}, "raw": 3},
+              {"loss": 0.5, "acc": math.nan, "big": 2**70, "inf": math.inf, "ok": True}),
+        "b": ({"lr": {"value": 0.01}}, {"loss": 0.2, "acc": 0.9}),
+        "c": (None, [1, 2]),  # no config; a summary that is not an object
+    }
+    conn = sqlite3.connect(path)
+    with conn:
+        for run_id, (config, summary) in docs.items():
+            conn.execute(
+                "INSERT INTO run (entity, project, run_id, config, summary, read_only, source,"
+                " tombstoned) VALUES ('e', 'p', ?, ?, ?, 0, 'wandb', 0)",
+                (run_id, None if config is None else codec.dumps(config), codec.dumps(summary)),
+            )
+        conn.execute("INSERT INTO run (entity, project, run_id, summary, read_only, source, "
+                     "tombstoned) VALUES ('e', 'p', 'd', '{corrupt', 0, 'wandb', 0)")
+    conn.close()
+
+    store = open_store(path)
+    try:
+        assert store.revision() == head_revision()
+        with store.session() as s:
+            rows = s.execute(select(metadata.tables["run_value"])).all()
+            got = {(r.run_pk, r.doc, r.key): (r.kind, r.num, r.text) for r in rows}
+            pks = dict(s.execute(select(Run.__table__.c.run_id, Run.__table__.c.pk)).all())  # type: ignore[attr-defined]
+
+            def ids(filters: dict[str, object], order: str | None = None) -> list[str]:
+                table = Run.__table__  # type: ignore[attr-defined]
+                stmt = select(table.c.run_id).where(compile_filters(filters))
+                return list(s.execute(stmt.order_by(*compile_order(order))).scalars())
+
+            assert ids({"config.lr": {"$gt": 0.05}}) == ["a"]
+            assert ids({"summary_metrics.acc": None}, "+name") == ["a", "c", "d"]
+            assert ids({"summary_metrics.big": {"$gt": 2**69}}) == ["a"]
+            assert ids({}, "-summary_metrics.loss") == ["a", "b", "d", "c"]
+    finally:
+        store.close()
+    a, b = pks["a"], pks["b"]
+    assert got == {
+        (a, "config", "lr"): ("number", 0.1, None),
+        (a, "config", "opt"): ("string", None, "adam"),  # "raw" is not wrapped: no row
+        (a, "summary", "loss"): ("number", 0.5, None),
+        (a, "summary", "acc"): ("null", None, None),  # NaN reads as null
+        (a, "summary", "big"): ("number", float(2**70), None),
+        (a, "summary", "inf"): ("number", 1.7976931348623157e308, None),
+        (a, "summary", "ok"): ("true", None, None),
+        (b, "config", "lr"): ("number", 0.01, None),
+        (b, "summary", "loss"): ("number", 0.2, None),
+        (b, "summary", "acc"): ("number", 0.9, None),
+    }, json.dumps(sorted(map(str, got.items())))
+
+
+def test_writes_outside_the_store_invalidate_run_values(tmp_path: Path) -> None:
+    """A raw UPDATE of a document drops its run_value rows (stale values never match)."""
+    from mirror.records import RunRecord
+    from mirror.store import runs as store_runs
+
+    path = tmp_path / "mirror.db"
+    store = open_store(path)
+    try:
+        with store.transaction() as s:
+            pk = store_runs.save_run(s, RunRecord(entity="e", project="p", run_id="a",
+                                                  config={"lr": {"value": 1}},
+                                                  summary={"loss": 1}))
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE run SET summary = '{\"loss\": 2}' WHERE pk = ?", (pk,))
+    left = conn.execute("SELECT doc, \"key\" FROM run_value WHERE run_pk = ?", (pk,)).fetchall()
+    conn.close()
+    assert left == [("config", "lr")]

@@ -38,6 +38,12 @@ Semantics, MongoDB's where W&B does not say otherwise:
 * ``$regex`` follows Python's ``re.search`` on SQLite (close to W&B's RE2) and
   PostgreSQL's ``~`` there.
 
+Where values are read: a top-level config key (``config.<key>``, ``config.<key>.value``)
+or summary key (``summary_metrics.<key>``, ``_step``...) comes from the ``run_value`` side
+table (:mod:`mirror.store.run_values`), so a predicate is an index range scan and no JSON
+is parsed; deeper paths, ``duration`` and ``keys_info`` read the JSON text through
+:mod:`mirror.store.jsonpath`. Both give the same answers (tests/test_filters.py checks it).
+
 Order: ``"+field"``, ``"-field"`` or ``"field"`` (ascending); empty means
 ``"+created_at"``. Any filter field except ``tags`` can be a sort key. Runs without a
 value sort last in both directions (so ``sweep.best_run()`` picks a run that has the
@@ -57,12 +63,12 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, and_, case, false, func, not_, or_, true
+from sqlalchemy import Float, Table, and_, case, false, func, not_, or_, select, true, type_coerce
 from sqlalchemy.sql.elements import ColumnElement
 
 from mirror.errors import FilterError
 from mirror.store import jsonpath
-from mirror.store.models import Run
+from mirror.store.models import Run, RunValue
 
 __all__ = [
     "RUN_FIELDS",
@@ -77,6 +83,7 @@ __all__ = [
 Pred = ColumnElement[bool]
 
 RUN: Table = Run.__table__  # type: ignore[attr-defined]
+VALUE: Table = RunValue.__table__  # type: ignore[attr-defined]
 
 #: Filter/order field name (W&B backend camelCase and snake_case) -> ``run`` column.
 RUN_FIELDS: Mapping[str, str] = MappingProxyType(
@@ -303,6 +310,89 @@ class _Json(_Field):
         return [(rank, False), (self.num, True), (self.text, True)]
 
 
+class _Indexed(_Field):
+    """A top-level config or summary value, read from the ``run_value`` side table.
+
+    Same answers as :class:`_Json` at that path (the table holds what the JSON functions
+    would read, see :mod:`mirror.store.run_values`), without parsing any JSON: a predicate
+    is ``run.pk IN (rows of this key satisfying it)``, an index range scan on ``(doc, key,
+    num)`` or ``(doc, key, text)``; a run without the key has no row, so it never
+    matches, which is exactly the JSON semantics of a missing value. Sort keys look the
+    row up by primary key for each run that passed the filter.
+    """
+
+    def __init__(self, name: str, doc: str, key: str) -> None:
+        super().__init__(name)
+        self.doc = doc
+        self.key = key
+        self.num = type_coerce(VALUE.c.num, Float())
+        self.text = VALUE.c.text
+
+    def _having(self, *conds: Pred) -> Pred:
+        """Runs holding the key with a value that satisfies ``conds`` (never NULL)."""
+        rows = select(VALUE.c.run_pk).where(VALUE.c.doc == self.doc, VALUE.c.key == self.key)
+        pred: Pred = RUN.c.pk.in_(rows.where(*conds))
+        return pred
+
+    def _value(self, value: Any) -> Pred:
+        """The row condition "the value equals ``value``" (``value`` not None)."""
+        if isinstance(value, bool):
+            return VALUE.c.kind == ("true" if value else "false")
+        if isinstance(value, str):
+            return self.text == value
+        number = _number(value)
+        if number is None:
+            raise _error(
+                f"{self.name!r}: comparing whole objects or lists ({_describe(value)}) "
+                "is not supported",
+                'Compare a nested key instead, e.g. {"config.opt.name": "adam"}.',
+            )
+        return self.num == number
+
+    def _null_or_missing(self) -> Pred:
+        return not_(self._having(VALUE.c.kind != "null"))
+
+    def eq(self, value: Any) -> Pred:
+        if value is None:
+            return self._null_or_missing()
+        return self._having(self._value(value))
+
+    def compare(self, op: Callable[[Any, Any], Any], value: Any) -> Pred:
+        if isinstance(value, str):
+            return self._having(op(self.text, value))
+        number = _number(value)
+        if number is None:
+            raise self._bad_operand(value, "a number or a string")
+        return self._having(op(self.num, number))
+
+    def in_(self, values: Sequence[Any]) -> Pred:
+        conds = [self._value(v) for v in values if v is not None]
+        pred = self._having(or_(*conds)) if conds else false()
+        return or_(pred, self._null_or_missing()) if None in values else pred
+
+    def exists(self) -> Pred:
+        return self._having()
+
+    def regex(self, pattern: str) -> Pred:
+        return self._having(self.text.regexp_match(pattern))
+
+    def _lookup(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        return (
+            select(column)
+            .where(VALUE.c.run_pk == RUN.c.pk, VALUE.c.doc == self.doc, VALUE.c.key == self.key)
+            .scalar_subquery()
+        )
+
+    def sort_keys(self) -> list[tuple[ColumnElement[Any], bool]]:
+        # As _Json: numbers, then strings, then the rest (missing, null, booleans...).
+        rank = self._lookup(case({"number": 0, "string": 1}, value=VALUE.c.kind, else_=2))
+        return [
+            (func.coalesce(rank, 2), False),
+            (self._lookup(self.num), True),
+            (self._lookup(self.text), True),
+        ]
+
+
 class _Number(_Field):
     """A derived numeric value (``duration``)."""
 
@@ -392,7 +482,7 @@ def _resolve(name: Any) -> _Field:
         )
         return _Number(name, runtime)
     if name in _SUMMARY_FIELDS:
-        return _Json(name, summary, [name])
+        return _Indexed(name, "summary", name)
     if name.startswith(_HISTORY_KEYS_PREFIX):
         key = name[len(_HISTORY_KEYS_PREFIX) :]
         if not key:
@@ -403,9 +493,14 @@ def _resolve(name: Any) -> _Field:
         keys = _keys(name, rest)
         if keys[1:2] != ["value"]:  # stored wrapped: {"lr": {"value": 0.1, "desc": null}}
             keys.insert(1, "value")
+        if len(keys) == 2:  # a top-level key: indexed in run_value
+            return _Indexed(name, "config", keys[0])
         return _Json(name, RUN.c.config, keys)
     if dot and head in _SUMMARY_PREFIXES:
-        return _Json(name, summary, _keys(name, rest))
+        keys = _keys(name, rest)
+        if len(keys) == 1:
+            return _Indexed(name, "summary", keys[0])
+        return _Json(name, summary, keys)
     raise _error(f"unknown run field {name!r}", f"Valid fields: {_VALID_FIELDS}.")
 
 

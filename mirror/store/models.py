@@ -21,9 +21,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, MetaData, UniqueConstraint
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    Column,
+    Connection,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    UniqueConstraint,
+    event,
+    inspect,
+)
+from sqlalchemy.orm import Mapper
 from sqlmodel import Field, SQLModel
 
+from mirror.store import run_values
 from mirror.store.types import JSONText
 
 # Named constraints, so that alembic batch migrations on SQLite can find them again.
@@ -107,6 +122,9 @@ class Run(SQLModel, table=True):
         Index("ix_run_entity_project_created_at", "entity", "project", "created_at"),
         Index("ix_run_entity_project_heartbeat_at", "entity", "project", "heartbeat_at"),
         Index("ix_run_entity_project_sweep_name", "entity", "project", "sweep_name"),
+        # A project's live runs without reading run rows (big: config and summary text),
+        # so a filter answered from run_value never touches them (migration 0003).
+        Index("ix_run_entity_project_tombstoned", "entity", "project", "tombstoned"),
     )
 
     pk: int | None = Field(default=None, primary_key=True)
@@ -158,6 +176,63 @@ class HistoryRow(SQLModel, table=True):
     row: Any = _json(nullable=False)
 
     __table_args__ = ({"sqlite_with_rowid": False},)
+
+
+class RunValue(SQLModel, table=True):
+    """A run's top-level config/summary value, typed and indexed for filters and orders.
+
+    Derived data (:mod:`mirror.store.run_values` says what a row holds and why), rewritten
+    with the run in the same transaction; never edited on its own.
+    """
+
+    __tablename__ = "run_value"
+    __table_args__ = (
+        Index("ix_run_value_doc_key_num", "doc", "key", "num"),
+        Index("ix_run_value_doc_key_text", "doc", "key", "text"),
+        {"sqlite_with_rowid": False},
+    )
+
+    run_pk: int = _run_fk()
+    doc: str = Field(primary_key=True)  # "config" | "summary"
+    key: str = Field(primary_key=True)
+    kind: str  # one of jsonpath.JSON_KINDS
+    # NUMERIC: integers stay exact 64-bit integers, floats stay floats.
+    num: float | None = Field(default=None, sa_type=Numeric(asdecimal=False))
+    text: str | None = None
+
+
+for _ddl in run_values.TRIGGER_DDL:
+    event.listen(
+        RunValue.__table__,  # type: ignore[attr-defined]
+        "after_create",
+        DDL(_ddl).execute_if(dialect="sqlite"),
+    )
+
+
+def _write_run_values(connection: Connection, run: Run, *, replace: bool) -> None:
+    """Rewrite ``run_value`` rows of the documents this flush wrote (same transaction)."""
+    state = inspect(run)
+    table = RunValue.__table__  # type: ignore[attr-defined]
+    for doc in run_values.DOCS:
+        if replace and not state.attrs[doc].history.has_changes():
+            continue
+        if replace:
+            connection.execute(
+                table.delete().where(table.c.run_pk == run.pk, table.c.doc == doc)
+            )
+        rows = run_values.rows_for(run.pk or 0, doc, getattr(run, doc))
+        if rows:
+            connection.execute(table.insert(), rows)
+
+
+@event.listens_for(Run, "after_insert")
+def _run_inserted(_mapper: Mapper[Run], connection: Connection, run: Run) -> None:
+    _write_run_values(connection, run, replace=False)
+
+
+@event.listens_for(Run, "after_update")
+def _run_updated(_mapper: Mapper[Run], connection: Connection, run: Run) -> None:
+    _write_run_values(connection, run, replace=True)
 
 
 class Event(SQLModel, table=True):
@@ -266,5 +341,5 @@ class ImportMap(SQLModel, table=True):
     imported_at: float
 
 
-TABLES = [Project, Sweep, Run, HistoryRow, Event, Blob, RunFile, SyncCursor, OutboxOp,
+TABLES = [Project, Sweep, Run, RunValue, HistoryRow, Event, Blob, RunFile, SyncCursor, OutboxOp,
           Conflict, ImportMap]
