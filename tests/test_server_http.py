@@ -288,6 +288,37 @@ def test_get_without_content_is_404(srv: RunningServer, store: Store) -> None:
         assert r.status_code == 404
 
 
+def test_authoritative_get_serves_live_files_of_exactly_that_run(store: Store) -> None:
+    """The upstream's download path (one indexed lookup) serves the bytes of the named
+    run's live file, with its mimetype; a tombstoned file, a file listed without content,
+    or the same name under another run or project is a 404."""
+    pk = make_run(store)
+    other = make_run(store, "run2")
+    data = b"the real bytes"
+    with store.transaction() as s:
+        info = blobs.put_bytes(store, data, session=s)
+        for name, tomb in (("a.json", False), ("gone.json", True)):
+            runs.save_file(s, pk, FileRecord(name=name, size_bytes=info.size, md5=info.md5_b64,
+                                             mimetype="application/json",
+                                             blob_hash=info.hash, tombstoned=tomb))
+        runs.save_file(s, pk, FileRecord(name="listed-only.txt", size_bytes=3))
+        runs.save_file(s, other, FileRecord(name="b.json", size_bytes=info.size,
+                                            blob_hash=info.hash))
+    with serve_in_thread(store, authoritative=True) as up:
+        def get(run_id: str, name: str, project: str = P) -> requests.Response:
+            url = up.ctx.signer.download_url(E, project, run_id, name)
+            return requests.get(url, timeout=10)
+
+        r = get("run1", "a.json")
+        assert r.status_code == 200 and r.content == data
+        assert r.headers["Content-Type"] == "application/json"
+        for run_id, name, project in [("run1", "gone.json", P), ("run1", "listed-only.txt", P),
+                                      ("run1", "b.json", P), ("run2", "a.json", P),
+                                      ("run1", "a.json", "other-project")]:
+            assert get(run_id, name, project).status_code == 404, (run_id, name, project)
+        assert get("run2", "b.json").status_code == 200
+
+
 @pytest.mark.parametrize("case", ["expired", "tampered", "wrong-file", "wrong-method-put",
                                   "wrong-method-get", "no-signature", "wrong-run"])
 def test_bad_signatures_are_403(srv: RunningServer, store: Store, case: str) -> None:

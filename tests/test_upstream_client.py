@@ -1174,3 +1174,92 @@ def test_e2e_one_client_serves_many_threads(demo: Demo) -> None:
         results = list(pool.map(fetch, run_ids))
     for run_id, rows in zip(run_ids, results, strict=True):
         assert _same(rows, _store_history(demo, run_id))
+
+
+def test_e2e_run_parts_fetches_many_runs_in_one_request(demo: Demo) -> None:
+    """RunParts: history, events and files of several runs in ONE request, each exact."""
+    from mirror.store import history
+    from mirror.store import runs as store_runs
+    from mirror.upstream.client import RunAsk
+
+    client = demo.client()
+    e, p = demo.seed.entity, demo.seed.project
+    run_ids = demo.seed.run_ids[:4]
+    asks = [
+        RunAsk(run_ids[0], history=(0, 10_000, 10_000), events=10_000, files=100),
+        RunAsk(run_ids[1], history=(3, 9, 10_000)),
+        RunAsk(run_ids[2], files=2),
+        RunAsk(run_ids[3], events=10_000),
+    ]
+    before = demo.srv.request_log.count("graphql", operation="RunParts")
+    parts = client.run_parts(e, p, asks)
+    assert demo.srv.request_log.count("graphql", operation="RunParts") == before + 1
+    assert [x.run_id for x in parts] == run_ids and all(x.error is None for x in parts)
+
+    assert _same(parts[0].history, _store_history(demo, run_ids[0]))
+    rec0 = _store_run(demo, run_ids[0])
+    with demo.store.session() as s:
+        assert _same(parts[0].events, list(history.iter_events(s, rec0.pk)))
+        stored_files = sorted(f.name for f in store_runs.list_files(s, rec0.pk))
+    assert sorted(f.name for f in parts[0].files or []) == stored_files
+    assert parts[0].files_more is False
+
+    assert [r["_step"] for r in parts[1].history or []] == [
+        r["_step"] for r in _store_history(demo, run_ids[1]) if 3 <= r["_step"] < 9
+    ]
+    assert parts[1].events is None and parts[1].files is None
+
+    rec2 = _store_run(demo, run_ids[2])
+    assert len(parts[2].files or []) == 2 and parts[2].files_more == (rec2.file_count > 2)
+    assert parts[2].history is None
+    assert parts[3].events is not None and len(parts[3].events) == _store_run(
+        demo, run_ids[3]).events_line_count
+
+
+def test_e2e_run_parts_isolates_a_failing_run(writable_demo: Demo) -> None:
+    """A missing run and a run with a corrupt row fail alone; the others are answered."""
+    import sqlite3
+
+    from mirror.upstream.client import RunAsk
+
+    demo = writable_demo
+    e, p = demo.seed.entity, demo.seed.project
+    good, bad = demo.seed.run_ids[0], demo.seed.run_ids[1]
+    bad_pk = _store_run(demo, bad).pk
+    assert demo.store.path is not None
+    conn = sqlite3.connect(demo.store.path)
+    conn.execute("UPDATE history SET row = 'not json' WHERE run_pk = ? AND step = "
+                 "(SELECT min(step) FROM history WHERE run_pk = ?)", (bad_pk, bad_pk))
+    conn.commit()
+    conn.close()
+    window = (0, 10_000, 10_000)
+    parts = demo.client().run_parts(e, p, [
+        RunAsk(good, history=window), RunAsk("nosuchrun", history=window),
+        RunAsk(bad, history=window, files=10),
+    ])
+    assert parts[0].error is None and _same(parts[0].history, _store_history(demo, good))
+    assert isinstance(parts[1].error, NotFoundError) and "nosuchrun" in parts[1].error.message
+    assert isinstance(parts[2].error, ProtocolError) and "history[0]" in parts[2].error.message
+    with pytest.raises(NotFoundError):
+        demo.client().run_parts(e, "nosuchproject", [RunAsk(good, history=window)])
+
+
+
+
+def test_history_texts_kept_only_where_the_codec_reads_them_back_exactly() -> None:
+    """A row's text is handed on for storing as is only when codec.loads gives back the
+    same value; NaN/Infinity rows and wide-integer rows are re-encoded (text None)."""
+    from mirror.upstream.parse import parse_history_texts
+
+    lines = ['{"_step":0,"a":0.00012345678901234567,"b":null}',
+             '{"_step":1,"a":NaN,"b":-Infinity}',
+             '{"_step":2,"big":123456789012345678901234}',
+             '{"_step":3,"m":{"_type":"image-file","path":"x.png"},"u":"\\u00e9"}']
+    rows, texts = parse_history_texts(lines)
+    assert [t is not None for t in texts] == [True, False, False, True]
+    for line, row, text in zip(lines, rows, texts, strict=True):
+        assert codec.dumps(row) == codec.dumps(codec.loads_wire(line))
+        if text is not None:
+            assert codec.dumps(codec.loads(text)) == codec.dumps(row)
+    with pytest.raises(ProtocolError, match=r"history\[1\]"):
+        parse_history_texts(['{"_step":0}', "not json"])

@@ -93,6 +93,40 @@ def test_builders_refuse_empty_batches(count: int) -> None:
         documents.upsert_buckets(count)
     with pytest.raises(ValueError):
         documents.runs_by_name(count)
+    with pytest.raises(ValueError):
+        documents.run_parts([(True, True, True)] * count)
+
+
+@pytest.mark.parametrize("shapes", [
+    [(True, True, True)],
+    [(True, False, False), (False, True, False), (False, False, True), (False, False, False)],
+    [(True, True, True)] * 50,
+])
+def test_batched_run_parts_validate(shapes: list[tuple[bool, bool, bool]]) -> None:
+    """RunParts (many runs' history/events/files in one request) is valid W&B GraphQL."""
+    text = documents.run_parts(shapes)
+    assert _errors(text) == []
+    assert _operation_of(text) == ("query", "RunParts")
+    op = graphql.parse(text).definitions[0]
+    assert isinstance(op, graphql.OperationDefinitionNode)
+    project = op.selection_set.selections[0]
+    assert isinstance(project, graphql.FieldNode) and project.selection_set is not None
+    aliases = [s.alias.value for s in project.selection_set.selections
+               if isinstance(s, graphql.FieldNode) and s.alias]
+    assert aliases == [f"r{k}" for k in range(len(shapes))]
+
+
+def test_batched_run_parts_use_the_arguments_of_the_single_run_documents() -> None:
+    """The aliased parts ask exactly what HistoryPage, RunEvents and RunFiles ask, with the
+    same argument types (Int64 steps, Int samples), so W&B's own limits apply unchanged."""
+    text = documents.run_parts([(True, True, True)])
+    for needle in ("history(minStep: $a0, maxStep: $b0, samples: $s0)",
+                   "events(samples: $e0)", "files(first: $f0)", "$a0: Int64!",
+                   "$b0: Int64!", "$s0: Int!"):
+        assert needle in text
+    for field_name in ("id", "name", "url(upload: false)", "directUrl", "sizeBytes",
+                       "mimetype", "updatedAt", "md5"):
+        assert field_name in documents.RUN_FILES and field_name in text
 
 
 def test_full_run_selection_is_the_official_run_fragment() -> None:

@@ -35,6 +35,7 @@ import socket
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,6 +51,7 @@ from mirror.errors import (
     StoreBusyError,
     UnsafePathError,
 )
+from mirror.outbox import edits, overlay
 from mirror.paths import (
     run_storage_id,
     validate_path_part,
@@ -60,7 +62,8 @@ from mirror.records import FileRecord, RunRecord
 from mirror.server.context import ServerContext
 from mirror.server.faults import NO_FAULT, Decision, FaultPlan
 from mirror.server.requestlog import RequestEntry, RequestLog
-from mirror.store import Store, blobs, codec, history, runs
+from mirror.store import Store, blobs, codec, history, queries, runs
+from mirror.store import outbox as outbox_store
 
 log = logging.getLogger("mirror.server")
 
@@ -179,12 +182,7 @@ def merge_history_keys(
         # previousValue, monotonic, ...) are kept as they were.
         keys = {k: {**v, "typeCounts": [dict(c) for c in v.get("typeCounts", [])]}
                 for k, v in doc["keys"].items() if isinstance(v, dict)}
-    tally: dict[tuple[str, str], int] = {}
-    for row in rows:
-        for key, value in row.items():
-            cls = type(value)
-            kind = "number" if cls is float or cls is int else history.value_type(value)
-            tally[(key, kind)] = tally.get((key, kind), 0) + 1
+    tally = _tally_types(rows)
     for (key, kind), n in tally.items():
         counts = keys.setdefault(key, {"typeCounts": []})["typeCounts"]
         for entry in counts:
@@ -195,6 +193,37 @@ def merge_history_keys(
             counts.append({"type": kind, "count": n})
     extra = {k: v for k, v in (doc or {}).items() if k not in ("lastStep", "keys")}
     return {**extra, "lastStep": -1 if last_step is None else last_step, "keys": keys}
+
+
+_KIND_OF_CLASS = {int: "number", float: "number", bool: "boolean", str: "string",
+                  type(None): "nil", list: "list"}
+
+
+def _tally_types(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], int]:
+    """How many rows hold each ``(key, value type)``, grouping rows by shape first.
+
+    SDK rows of one run nearly always share their keys and value classes, so counting
+    shapes (key tuple + class tuple, built in C) and then typing each distinct shape once
+    is several times faster than typing every cell. A row holding a dict (media: its kind
+    is the ``_type`` inside) is typed cell by cell.
+    """
+    shapes: dict[tuple[tuple[str, ...], tuple[type, ...]], list[Any]] = {}
+    tally: Counter[tuple[str, str]] = Counter()
+    for row in rows:
+        classes = tuple(map(type, row.values()))
+        if dict in classes:
+            tally.update((k, history.value_type(v)) for k, v in row.items())
+            continue
+        seen = shapes.get(shape := (tuple(row), classes))
+        if seen is None:
+            shapes[shape] = [1, row]
+        else:
+            seen[0] += 1
+    for (keys, classes), (n, example) in shapes.items():
+        for key, cls in zip(keys, classes, strict=True):
+            kind = _KIND_OF_CLASS.get(cls) or history.value_type(example[key])
+            tally[(key, kind)] += n
+    return dict(tally)
 
 
 def _rebuild_lines(old: bytes | None, chunks: Sequence[_Chunk]) -> bytes:
@@ -216,7 +245,7 @@ def _rebuild_lines(old: bytes | None, chunks: Sequence[_Chunk]) -> bytes:
 
 def apply_file_stream(
     store: Store, entity: str, project: str, run_id: str, body: Any, *,
-    now: float | None = None,
+    now: float | None = None, local: bool = False,
 ) -> dict[str, Any]:
     """Apply one file_stream request to the store; returns the response document.
 
@@ -228,6 +257,10 @@ def apply_file_stream(
     (state ``killed``) stays killed and is answered ``"stopped": true``. Every request,
     ``{}`` included, is a heartbeat. The run is created (source ``local``) if it does not
     exist, because the SDK treats a 404 as fatal and stops streaming for good.
+
+    ``local`` (the drop-in server, not ``--authoritative``): data for a run logged here
+    (source ``local``) that has no upload queued, say a run resumed after ``mirror push``,
+    queues a new ``create_run`` upload; it resumes from what upstream already holds.
     """
     req = FileStreamRequest.parse(body)
     # Parse every JSON line before the transaction: a bad line writes nothing.
@@ -320,6 +353,9 @@ def apply_file_stream(
             state = "running"
         changes["state"] = state
         runs.update_run(s, pk, **changes)
+        if (local and rec.source == "local" and (req.files or req.complete or req.preempting)
+                and edits.pending_create(s, pk) is None):
+            outbox_store.enqueue(s, pk, "create_run", {})
     return {"exitcode": None, "limits": {}, "stopped": stopped}
 
 
@@ -574,7 +610,8 @@ class MirrorHandler(BaseHTTPRequestHandler):
                                    zip(params, ("entity", "project", "run id"), strict=True))
         body = self._decode_json(raw)
         self._inject("file_stream")
-        doc = apply_file_stream(self.server.ctx.store, entity, project, run_id, body)
+        doc = apply_file_stream(self.server.ctx.store, entity, project, run_id, body,
+                                local=not self.server.ctx.authoritative)
         self._after_write()
         self._send_json(200, doc)
 
@@ -601,9 +638,13 @@ class MirrorHandler(BaseHTTPRequestHandler):
             raise HttpError(413, f"uploads are limited to {MAX_UPLOAD} bytes", close=True)
         md5 = self.headers.get("Content-MD5") or None
         reader = _CountingReader(self.rfile, size)
+        ctx = self.server.ctx
         try:
-            info = store_uploaded_file(self.server.ctx.store, entity, project, run_id, name,
-                                       reader, size=size, md5_b64=md5)
+            # Local (drop-in) mode: an upload to a run known upstream is an outbox op.
+            queued = None if ctx.authoritative else edits.queue_upload(
+                ctx.store, entity, project, run_id, name, reader, size=size, md5_b64=md5)
+            info = queued or store_uploaded_file(ctx.store, entity, project, run_id, name,
+                                                 reader, size=size, md5_b64=md5)
         finally:
             self._request_bytes = reader.count
             self._body_read = reader.count >= size
@@ -616,13 +657,23 @@ class MirrorHandler(BaseHTTPRequestHandler):
         entity, project, run_id, name = self._signed("GET", params, query)
         self._inject("storage_get")
         store = self.server.ctx.store
+        blob_hash: str | None = None
+        mimetype: str | None = None
         with store.session() as s:
-            pk = runs.run_pk(s, entity, project, run_id)
-            rec = runs.get_file(s, pk, name) if pk is not None else None
-        if rec is None or rec.tombstoned or not rec.blob_hash:
+            if self.server.ctx.authoritative:
+                # One indexed lookup: this is the most frequent request of a sync.
+                found = queries.file_content(s, entity, project, run_id, name)
+                if found is not None:
+                    blob_hash, mimetype = found
+            else:  # the drop-in serves what its user sees: pending uploads included
+                pk = runs.run_pk(s, entity, project, run_id)
+                rec = overlay.view_file(s, pk, name) if pk is not None else None
+                if rec is not None and not rec.tombstoned:
+                    blob_hash, mimetype = rec.blob_hash, rec.mimetype
+        if not blob_hash:
             raise HttpError(404, f"file {name!r} of {entity}/{project}/{run_id} has no content")
         try:
-            fh = blobs.open_blob(store, rec.blob_hash)
+            fh = blobs.open_blob(store, blob_hash)
         except FileNotFoundError:
             raise HttpError(404, f"file {name!r} is not in the blob cache") from None
         if self._unread_body():
@@ -634,7 +685,7 @@ class MirrorHandler(BaseHTTPRequestHandler):
                 raise _Dropped
             self.send_response(200)
             self._status = 200
-            self.send_header("Content-Type", rec.mimetype or "application/octet-stream")
+            self.send_header("Content-Type", mimetype or "application/octet-stream")
             self.send_header("Content-Length", str(size))
             if self.close_connection:
                 self.send_header("Connection", "close")

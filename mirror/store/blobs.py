@@ -109,6 +109,16 @@ def record_blob(session: Session, info: BlobInfo, *, now: float | None = None) -
     )
 
 
+def record_blobs(session: Session, infos: list[BlobInfo], *, now: float | None = None) -> None:
+    """:func:`record_blob` for many blobs in one statement (a synced batch of files)."""
+    if infos:
+        stamp = time.time() if now is None else now
+        session.execute(_UPSERT_BLOB, [
+            {"hash": i.hash, "size": i.size, "md5": i.md5_b64, "created_at": stamp}
+            for i in infos
+        ])
+
+
 def put_bytes(
     store: Store, data: bytes, *, session: Session | None = None, record: bool = True,
     now: float | None = None, durable: bool = True,
@@ -285,6 +295,7 @@ __all__ = [
     "put_stream",
     "read_blob",
     "record_blob",
+    "record_blobs",
 ]
 
 

@@ -58,6 +58,16 @@ def save_history(session: Session, run_pk: int, rows: Iterable[Mapping[str, Any]
     return len(params)
 
 
+def save_history_texts(session: Session, run_pk: int, rows: Iterable[tuple[int, str]]) -> int:
+    """Upsert history rows given as ``(step, codec text)``: a pull stores the text it
+    received and verified (:func:`codec.loads` reads it back exactly) without encoding
+    the row again."""
+    params = [(run_pk, step, text) for step, text in rows]
+    if params:
+        _dbapi(session).executemany(_UPSERT_HISTORY, params)
+    return len(params)
+
+
 def save_events(session: Session, run_pk: int, rows: Iterable[Mapping[str, Any]],
                 start_seq: int = 0) -> int:
     """Upsert system-metric rows at positions ``start_seq, start_seq+1, ...``."""

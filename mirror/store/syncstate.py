@@ -11,9 +11,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlmodel import Session, col
 
+from mirror.records import FileRecord
 from mirror.store.models import Run, RunFile, SyncCursor
 
 
@@ -57,11 +58,32 @@ def listing_state(session: Session, entity: str, project: str) -> dict[str, tupl
 
 
 def set_listing_hash(session: Session, run_pk: int, value: str | None) -> None:
-    row = session.get(Run, run_pk)
-    if row is not None:
-        row.listing_hash = value
-        session.add(row)
-        session.flush()
+    # One UPDATE: loading the run (config, summary: big texts) to set one column cost
+    # more than the rest of a small run's sync.
+    session.execute(_SET_LISTING_HASH, {"pk": run_pk, "value": value})
+
+
+_SET_LISTING_HASH = text("UPDATE run SET listing_hash = :value WHERE pk = :pk")
+
+
+_FILE_COLUMNS = ("upstream_id", "size_bytes", "md5", "mimetype", "updated_at", "url",
+                 "direct_url", "blob_hash", "tombstoned")
+_UPSERT_FILE = text(
+    "INSERT INTO run_file (run_pk, name, " + ", ".join(_FILE_COLUMNS) + ") VALUES "
+    "(:run_pk, :name, " + ", ".join(f":{c}" for c in _FILE_COLUMNS) + ") "
+    "ON CONFLICT (run_pk, name) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _FILE_COLUMNS)
+)
+
+
+def save_files(session: Session, run_pk: int, recs: list[FileRecord]) -> None:
+    """Upsert a run's file rows as listed upstream, in one statement (``runs.save_file``
+    for many; ``INSERT ... ON CONFLICT`` reads the same on SQLite and PostgreSQL)."""
+    if recs:
+        session.execute(_UPSERT_FILE, [
+            {"run_pk": run_pk, "name": r.name, **{c: getattr(r, c) for c in _FILE_COLUMNS}}
+            for r in recs
+        ])
 
 
 def tombstone_runs(session: Session, run_pks: list[int]) -> int:

@@ -6,13 +6,19 @@ The shape (DESIGN.md, offline-sync-anchors §7):
    ``heartbeatAt`` or ``createdAt`` is after the stored watermark minus a safety margin,
    in the server's own timestamp format. Runs listed again at the boundary are
    de-duplicated by key and by a hash of what the listing showed (``listing_hash``).
-2. **Fetch per changed run**, in a bounded thread pool (network in parallel, one writer):
-   the run row; history pages by step window, each page committed on its own (the
-   resume point is ``max(step)`` of the stored rows, so it cannot disagree with the data);
-   events when their count changed; files whose md5/size/updatedAt changed, downloaded
-   verified into the blob cache before the row that references them is committed.
-   A run whose history was rewound or truncated upstream is refetched whole and swapped in
-   one transaction.
+2. **Fetch the changed runs**, in a bounded thread pool (network in parallel, one writer).
+   Runs whose missing history fits one window travel in *batches*: one aliased request
+   (``RunParts``) carries the history window, events and first files page of up to
+   ``batch_runs`` runs (``batch_rows`` rows in all), their changed files are downloaded
+   concurrently, and the whole batch is committed in ONE transaction. Per-request cost,
+   not bytes, is what a sync of many small runs pays for, so this is the fast path. A run
+   that failed in a batch, and every run that does not fit one (long histories, rewound
+   runs, many files) goes the per-run way: history pages by step window, each page
+   committed on its own (the resume point is ``max(step)`` of the stored rows, so it
+   cannot disagree with the data); events when their count changed; files whose
+   md5/size/updatedAt changed. Either way a file is downloaded verified into the blob
+   cache before the row that references it is committed, and a run whose history was
+   rewound or truncated upstream is refetched whole and swapped in one transaction.
 3. **Commit the run's listing hash** once all its data is in: a crash before that makes
    the next sync redo the run (idempotent upserts), never skip it.
 4. **Watermarks** advance, in one transaction, only when every run listed succeeded.
@@ -26,16 +32,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 from mirror.errors import MirrorError, UnsafePathError
-from mirror.outbox.settle import settle_run
+from mirror.outbox.settle import settle_run, settle_runs
 from mirror.paths import validate_run_file_name
 from mirror.records import FileRecord, RunRecord, SweepRecord
 from mirror.store import Store, blobs, codec, history, runs, syncstate
+from mirror.store import outbox as outbox_store
 from mirror.sync.policy import FilePolicy
 from mirror.sync.timestamps import latest, shift
+from mirror.upstream.client import RunAsk, RunParts
 
 HEARTBEAT_STREAM = "runs.heartbeat_at"
 CREATED_STREAM = "runs.created_at"
@@ -60,6 +68,9 @@ class Upstream(Protocol):
     def iter_sweeps(self, entity: str, project: str, *,
                     per_page: int = ...) -> Iterable[list[SweepRecord]]: ...
 
+    def run_parts(self, entity: str, project: str,
+                  asks: list[RunAsk]) -> list[RunParts]: ...
+
 
 Downloader = Callable[[str, FileRecord], blobs.BlobInfo]
 
@@ -72,6 +83,10 @@ class SyncOptions:
     history_page: int = 10_000  # rows per history request (samples = window size)
     margin_seconds: float = 300.0  # clock skew / listing lag safety margin
     per_page: int = 100  # runs per listing page
+    batch_runs: int = 50  # runs per batched request (RunParts)
+    batch_rows: int = 10_000  # history + events rows one batched request may carry
+    files_per_page: int = 100  # files per listing page (a batch carries the first)
+    download_workers: int = 16  # concurrent verified downloads (their fsyncs overlap)
 
 
 @dataclass
@@ -137,7 +152,8 @@ def listing_hash(rec: RunRecord, policy: FilePolicy) -> str:
     The policy is part of it because a run synced with ``--files none`` is not complete
     for a later ``--files all``: its files must then be fetched although the run is not.
     """
-    data: dict[str, Any] = asdict(rec)
+    # Shallow (asdict would deep-copy config and summary): the same JSON, so the same hash.
+    data: dict[str, Any] = {f.name: getattr(rec, f.name) for f in fields(rec)}
     data.pop("pk", None)
     data["__files__"] = [list(policy.patterns), policy.max_size]
     return hashlib.sha256(codec.dumps(data).encode("utf-8")).hexdigest()[:32]
@@ -167,6 +183,7 @@ class ProjectSync:
         self.progress = progress or _NoProgress()
         self._lock = threading.Lock()
         self._listed_at = 0.0  # when this pull began reading upstream (settles outbox ops)
+        self._downloads: ThreadPoolExecutor | None = None  # set while run() runs
 
     # --- listing -----------------------------------------------------------------
 
@@ -216,14 +233,24 @@ class ProjectSync:
         if complete:
             report.sweeps = self._sync_sweeps()
 
-        with ThreadPoolExecutor(max_workers=max(1, self.opts.workers)) as pool:
-            futures = {pool.submit(self._sync_run, rec, rec.run_id in stored): rec
-                       for rec in todo}
+        with (
+            ThreadPoolExecutor(max_workers=max(1, self.opts.workers)) as pool,
+            ThreadPoolExecutor(max_workers=max(1, self.opts.download_workers),
+                               thread_name_prefix="mirror-download") as downloads,
+        ):
+            self._downloads = downloads
+            futures = [pool.submit(self._sync_batch, batch)
+                       for batch in self._batches(todo, stored)]
             for fut in as_completed(futures):
-                report.outcomes.append(fut.result())
-                self.progress.run_done()
+                for outcome in fut.result():
+                    report.outcomes.append(outcome)
+                    self.progress.run_done()
 
         with self.store.transaction() as s:
+            fetched = {r.run_id for r in todo}  # the others: listed unchanged, also settled
+            settle_runs(s, [stored[r.run_id][0] for r in listed
+                            if r.run_id in stored and r.run_id not in fetched],
+                        pulled_after=self._listed_at)
             if complete:
                 gone = [pk for run_id, (pk, _) in stored.items()
                         if run_id not in {r.run_id for r in listed}]
@@ -245,6 +272,202 @@ class ProjectSync:
                     runs.save_sweep(s, sweep)
                     n += 1
         return n
+
+    # --- batches of runs ----------------------------------------------------------
+
+    def _batches(self, todo: list[RunRecord],
+                 stored: dict[str, tuple[int, str | None]]) -> list[list[_Item]]:
+        """Group runs for :meth:`_sync_batch` by the rows the listing says they hold.
+
+        A run bigger than a batch on its own is a batch of one, which goes the per-run
+        way (paged history). Upper bounds only: a known run needs just its new rows.
+        """
+        out: list[list[_Item]] = []
+        batch: list[_Item] = []
+        budget = 0
+        limit = max(1, self.opts.batch_rows)
+        for rec in todo:
+            item = _Item(rec, stored[rec.run_id][0] if rec.run_id in stored else None)
+            size = (rec.history_line_count or 0) + (rec.events_line_count or 0)
+            if size > limit:
+                out.append([item])
+                continue
+            if batch and (budget + size > limit or len(batch) >= max(1, self.opts.batch_runs)):
+                out.append(batch)
+                batch, budget = [], 0
+            batch.append(item)
+            budget += size
+        if batch:
+            out.append(batch)
+        return out
+
+    def _sync_batch(self, items: list[_Item]) -> list[RunOutcome]:
+        """Fetch a batch in one request, download its files, commit it in one transaction.
+
+        Runs that do not fit (rewound, too long, more files than one page) or that failed
+        in the batched request are synced one by one with :meth:`_sync_run`, so one bad
+        run costs only its own retries and never blocks the others.
+        """
+        plans: list[_Plan] = []
+        solo: list[_Item] = []
+        with self.store.session() as s:
+            for item in items:
+                plan = self._plan(s, item)
+                if plan is None:
+                    solo.append(item)
+                else:
+                    plans.append(plan)
+        parts: list[RunParts] | None = None
+        if plans:
+            asks = [p.ask for p in plans]
+            try:
+                parts = self.client.run_parts(self.entity, self.project, asks)
+            except Exception:  # the whole request failed: every run on its own
+                parts = None
+        if parts is None:
+            solo.extend(p.item for p in plans)
+            plans = []
+        done: list[_Plan] = []
+        outcomes: list[RunOutcome] = []
+        for plan, part in zip(plans, parts or [], strict=True):
+            if self._accept(plan, part):
+                done.append(plan)
+            else:
+                solo.append(plan.item)
+        downloads = [(plan, f) for plan in done for f, want in plan.files if want]
+        infos = self._download_all([f for _, f in downloads])
+        failed: dict[int, str] = {}
+        for (plan, f), info in zip(downloads, infos, strict=True):
+            if isinstance(info, BaseException):
+                failed.setdefault(id(plan), _reason(info))
+            else:
+                plan.infos[f.name] = info
+        for plan in done:
+            if id(plan) in failed:  # its retries are spent: reported, the others go on
+                outcomes.append(RunOutcome(plan.rec.run_id, "failed", error=failed[id(plan)]))
+        done = [p for p in done if id(p) not in failed]
+        if done:
+            try:
+                with self.store.transaction() as s:
+                    saved = [self._save_plan(s, plan) for plan in done]
+                    # Outbox ops the pulled rows now show: one query finds the runs with any.
+                    pks = [p.pk for p in done if p.pk is not None]
+                    for pk in outbox_store.ops_for_runs(s, pks, states=["done"]):
+                        settle_run(s, pk, pulled_after=self._listed_at)
+                outcomes.extend(saved)
+                for out in saved:
+                    self.progress.rows(out.rows)
+                    self.progress.bytes(out.bytes)
+            except Exception:  # rolled back: each run gets its own chance (and reason)
+                solo.extend(p.item for p in done)
+        outcomes.extend(self._sync_run(item.rec, item.pk is not None) for item in solo)
+        return outcomes
+
+    def _plan(self, s: Any, item: _Item) -> _Plan | None:
+        """What the batch must ask for ``item``; None if the run must go the per-run way."""
+        rec = item.rec
+        count, hi, events, have = 0, None, 0, {}
+        if item.pk is not None:
+            count, _lo, hi = history.history_bounds(s, item.pk)
+            events = history.count_events(s, item.pk)
+            have = syncstate.file_states(s, item.pk)
+        window: tuple[int, int, int] | None = None
+        page = self.opts.history_page
+        if rec.last_step is not None and rec.history_line_count:
+            if hi is not None and (rec.last_step < hi or rec.history_line_count < count):
+                return None  # rewound: refetched whole and swapped, per run
+            start = 0 if hi is None else hi + 1
+            end = rec.last_step + 1
+            if end - start > page and rec.history_line_count > page:
+                return None  # more than one window: paged per run
+            if start < end:
+                window = (start, end, page)
+        want_events = bool(rec.events_line_count) and events != rec.events_line_count
+        ask = RunAsk(rec.run_id, history=window,
+                     events=max(rec.events_line_count or 0, 1) if want_events else None,
+                     files=self.opts.files_per_page)
+        return _Plan(item, ask, have)
+
+    def _accept(self, plan: _Plan, part: RunParts) -> bool:
+        """Keep a batch answer if it is whole: no error, not sampled, one files page."""
+        if part.error is not None or part.files_more:
+            return False
+        if plan.ask.history is not None:
+            lo, hi, samples = plan.ask.history
+            rows = part.history or []
+            if len(rows) >= samples and hi - lo > samples:
+                return False  # may have been sampled: page it per run
+            texts = part.history_texts or [None] * len(rows)
+            plan.rows = [(r["_step"], text or codec.dumps(r))
+                         for r, text in zip(rows, texts, strict=True)
+                         if isinstance(r.get("_step"), int) and lo <= r["_step"] < hi]
+        plan.events = part.events
+        plan.files = self._file_actions(part.files or [], plan.have, plan.skipped,
+                                        plan.listed)
+        return True
+
+    def _save_plan(self, s: Any, plan: _Plan) -> RunOutcome:
+        """Write one run of a batch (inside the batch's transaction)."""
+        rec = plan.rec
+        out = RunOutcome(rec.run_id, plan.status, skipped=plan.skipped)
+        pk = runs.save_run(s, rec, only=_upstream_fields(rec))
+        if plan.rows:
+            out.rows = history.save_history_texts(s, pk, plan.rows)
+        if plan.events is not None:
+            history.replace_events(s, pk, plan.events)
+            out.events = len(plan.events)
+        for f, _want in plan.files:
+            info = plan.infos.get(f.name)
+            f.blob_hash = info.hash if info else None
+            out.bytes += info.size if info else 0
+        blobs.record_blobs(s, list(plan.infos.values()))
+        syncstate.save_files(s, pk, [f for f, _want in plan.files])
+        out.files = len(plan.files)
+        gone = [n for n in plan.have if n not in plan.listed]
+        if gone:
+            syncstate.tombstone_files(s, pk, gone)
+        syncstate.set_listing_hash(s, pk, listing_hash(rec, self.opts.files))
+        plan.pk = pk
+        return out
+
+    # --- files ---------------------------------------------------------------------
+
+    def _file_actions(self, page: list[FileRecord], have: dict[str, Any], skipped: list[str],
+                      listed: set[str]) -> list[tuple[FileRecord, bool]]:
+        """The files of a listing page to (re)write, each with "download it?".
+
+        Hostile names are skipped (and reported); unchanged files with their bytes
+        cached (or not wanted) are left alone. Every safe name goes into ``listed``.
+        """
+        out: list[tuple[FileRecord, bool]] = []
+        for f in page:
+            try:
+                validate_run_file_name(f.name)
+            except UnsafePathError as exc:
+                skipped.append(exc.message)
+                continue
+            listed.add(f.name)
+            old = have.get(f.name)
+            same_meta = old is not None and old[:3] == (f.md5, f.size_bytes, f.updated_at)
+            cached = old is not None and old[3] is not None
+            want = self.opts.files.wants(f.name, f.size_bytes) and bool(f.url)
+            if same_meta and (cached or not want):
+                continue
+            out.append((f, want))
+        return out
+
+    def _download_all(self, files: list[FileRecord]) -> list[blobs.BlobInfo | BaseException]:
+        """Download ``files`` concurrently (verified into the blob cache, not recorded).
+
+        Each result is the blob, or the exception that download ended with.
+        """
+        if not files:
+            return []
+        pool = self._downloads
+        if pool is None or len(files) == 1:
+            return [_attempt(self.download, f) for f in files]
+        futures = [pool.submit(_attempt, self.download, f) for f in files]
+        return [fut.result() for fut in futures]
 
     # --- one run -----------------------------------------------------------------
 
@@ -343,40 +566,83 @@ class ProjectSync:
     def _sync_files(self, rec: RunRecord, pk: int, out: RunOutcome) -> None:
         """List the run's files; download changed ones per policy; tombstone vanished ones.
 
-        A download is verified (size, md5) and renamed into the blob cache before the
-        transaction that records the blob and points the file row at it.
+        The changed files of a listing page are downloaded concurrently, each verified
+        (size, md5) and renamed into the blob cache, before the one transaction that
+        records the blobs and points the file rows at them.
         """
         with self.store.session() as s:
             have = syncstate.file_states(s, pk)
         listed: set[str] = set()
-        for page in self.client.iter_files(self.entity, self.project, rec.run_id):
-            for f in page:
-                try:
-                    validate_run_file_name(f.name)
-                except UnsafePathError as exc:
-                    out.skipped.append(exc.message)
-                    continue
-                listed.add(f.name)
-                old = have.get(f.name)
-                same_meta = old is not None and old[:3] == (f.md5, f.size_bytes, f.updated_at)
-                cached = old is not None and old[3] is not None
-                want = self.opts.files.wants(f.name, f.size_bytes) and bool(f.url)
-                if same_meta and (cached or not want):
-                    continue
-                info = self.download(f.url or "", f) if want else None
-                f.blob_hash = info.hash if info else None
-                with self.store.transaction() as s:
-                    if info is not None:
-                        blobs.record_blob(s, info)
-                    runs.save_file(s, pk, f)
-                out.files += 1
-                if info is not None:
-                    out.bytes += info.size
-                    self.progress.bytes(info.size)
+        for page in self.client.iter_files(self.entity, self.project, rec.run_id,
+                                           per_page=self.opts.files_per_page):
+            actions = self._file_actions(page, have, out.skipped, listed)
+            wanted = [f for f, want in actions if want]
+            got: dict[str, blobs.BlobInfo] = {}
+            for f, result in zip(wanted, self._download_all(wanted), strict=True):
+                if isinstance(result, BaseException):
+                    raise result
+                got[f.name] = result
+            if not actions:
+                continue
+            for f, _want in actions:
+                info = got.get(f.name)
+                f.blob_hash = info.hash if info is not None else None
+            with self.store.transaction() as s:
+                blobs.record_blobs(s, list(got.values()))
+                syncstate.save_files(s, pk, [f for f, _want in actions])
+            out.files += len(actions)
+            for info in got.values():
+                out.bytes += info.size
+                self.progress.bytes(info.size)
         gone = [n for n in have if n not in listed]
         if gone:
             with self.store.transaction() as s:
                 syncstate.tombstone_files(s, pk, gone)
+
+
+@dataclass
+class _Item:
+    """A run to sync: its listing record and its local pk (None if it is new)."""
+
+    rec: RunRecord
+    pk: int | None
+
+
+@dataclass
+class _Plan:
+    """A run of a batch: what was asked for it, and what came back, until it is saved."""
+
+    item: _Item
+    ask: RunAsk
+    have: dict[str, Any]  # stored file states, by name
+    rows: list[tuple[int, str]] = field(default_factory=list)  # (step, codec text)
+    events: list[dict[str, Any]] | None = None
+    files: list[tuple[FileRecord, bool]] = field(default_factory=list)
+    infos: dict[str, blobs.BlobInfo] = field(default_factory=dict)  # downloaded, by name
+    listed: set[str] = field(default_factory=set)
+    skipped: list[str] = field(default_factory=list)
+    pk: int | None = None  # once saved
+
+    @property
+    def rec(self) -> RunRecord:
+        return self.item.rec
+
+    @property
+    def status(self) -> str:
+        return "updated" if self.item.pk is not None else "new"
+
+
+def _attempt(download: Downloader, f: FileRecord) -> blobs.BlobInfo | BaseException:
+    try:
+        return download(f.url or "", f)
+    except Exception as exc:  # reported per run by the caller
+        return exc
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, MirrorError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _upstream_fields(rec: RunRecord) -> list[str]:

@@ -54,6 +54,7 @@ from mirror.upstream.parse import (
     parse_connection,
     parse_file,
     parse_history_rows,
+    parse_history_texts,
     parse_project,
     parse_run,
     parse_sweep,
@@ -61,7 +62,7 @@ from mirror.upstream.parse import (
     parse_viewer,
 )
 
-__all__ = ["GraphQLResult", "UpsertOutcome", "WandbClient"]
+__all__ = ["GraphQLResult", "RunAsk", "RunParts", "UpsertOutcome", "WandbClient"]
 
 Filters = Mapping[str, Any] | str | None
 
@@ -95,6 +96,38 @@ class UpsertOutcome:
     @property
     def ok(self) -> bool:
         return self.error is None and self.bucket is not None
+
+
+@dataclass(frozen=True)
+class RunAsk:
+    """What :meth:`WandbClient.run_parts` should fetch of one run (None: not that part).
+
+    ``history`` is ``(min_step, max_step, samples)`` as for :meth:`WandbClient.history`,
+    ``events`` the events ``samples``, ``files`` the size of the first page of files.
+    """
+
+    run_id: str
+    history: tuple[int, int, int] | None = None
+    events: int | None = None
+    files: int | None = None
+
+
+@dataclass
+class RunParts:
+    """One run's answer in a :meth:`WandbClient.run_parts` batch.
+
+    ``error`` is set when this run failed (missing, a resolver error, a malformed part);
+    the other runs of the batch are unaffected. ``files_more`` says the first page of
+    files was not all of them (the caller lists the rest with :meth:`iter_files`).
+    """
+
+    run_id: str
+    history: list[dict[str, Any]] | None = None
+    history_texts: list[str | None] | None = None  # as received, where storable as is
+    events: list[dict[str, Any]] | None = None
+    files: list[FileRecord] | None = None
+    files_more: bool = False
+    error: UpstreamError | None = None
 
 
 def _operation_of(document: str) -> tuple[str, str | None]:
@@ -463,6 +496,82 @@ class WandbClient:
         rows = dig(run, "history", path="data.project.run", operation="HistoryPage")
         return parse_history_rows(rows, path="data.project.run.history", operation="HistoryPage")
 
+    def run_parts(self, entity: str, project: str, asks: Sequence[RunAsk]) -> list[RunParts]:
+        """History windows, events and a first page of files of many runs, ONE request.
+
+        The aliased document of :func:`~mirror.upstream.documents.run_parts`; one answer
+        per ask, in order. A run that is missing or whose part failed on the server comes
+        back with ``error`` set, and the others are still good: the caller retries just
+        that run on its own. Raises (like :meth:`execute`) only when the whole request
+        failed: transport, HTTP status, an answer that is not GraphQL, or errors that
+        belong to no single run.
+        """
+        if not asks:
+            return []
+        op = "RunParts"
+        variables: dict[str, Any] = {"entity": entity, "project": project}
+        shapes: list[tuple[bool, bool, bool]] = []
+        for k, ask in enumerate(asks):
+            variables[f"n{k}"] = ask.run_id
+            if ask.history is not None:
+                lo, hi, samples = ask.history
+                variables.update({f"a{k}": lo, f"b{k}": hi, f"s{k}": samples})
+            if ask.events is not None:
+                variables[f"e{k}"] = ask.events
+            if ask.files is not None:
+                variables[f"f{k}"] = ask.files
+            shapes.append((ask.history is not None, ask.events is not None,
+                           ask.files is not None))
+        result = self.graphql(docs.run_parts(shapes), variables)
+        by_alias: dict[str, list[dict[str, Any]]] = {}
+        stray: list[Any] = []
+        for err in result.errors:
+            path = err.get("path") if isinstance(err, dict) else None
+            alias = path[1] if isinstance(path, list) and len(path) > 1 else None
+            if isinstance(alias, str) and alias[:1] == "r" and alias[1:].isdigit():
+                by_alias.setdefault(alias, []).append(err)
+            else:
+                stray.append(err)
+        if stray or result.data is None:
+            why = _error_message(stray) if stray else "'data' is null"
+            raise ProtocolError(self.session.redact(f"{op}: {why}"), status=200, operation=op)
+        project_data = dig(result.data, "project", operation=op)
+        if project_data is None:
+            raise NotFoundError(f"{op}: {entity}/{project} not found", operation=op)
+        out: list[RunParts] = []
+        for k, ask in enumerate(asks):
+            alias = f"r{k}"
+            part = RunParts(ask.run_id)
+            out.append(part)
+            errs = by_alias.get(alias)
+            node = project_data.get(alias) if isinstance(project_data, dict) else None
+            path = f"data.project.{alias}"
+            if errs or node is None:
+                why = _error_message(errs) if errs else "run not found"
+                cls = ProtocolError if errs else NotFoundError
+                part.error = cls(self.session.redact(f"{op}[{ask.run_id}]: {why}"),
+                                 operation=op)
+                continue
+            try:
+                if ask.history is not None:
+                    part.history, part.history_texts = parse_history_texts(
+                        dig(node, "history", path=path, operation=op),
+                        path=f"{path}.history", operation=op)
+                if ask.events is not None:
+                    part.events = parse_history_rows(
+                        dig(node, "events", path=path, operation=op),
+                        path=f"{path}.events", operation=op)
+                if ask.files is not None:
+                    conn = dig(node, "files", path=path, operation=op)
+                    page = parse_connection(conn, f"{path}.files", op)
+                    part.files = [parse_file(n, path=p, operation=op)
+                                  for n, p in zip(page.nodes, page.paths, strict=True)
+                                  if n is not None]
+                    part.files_more = page.has_next
+            except UpstreamError as exc:
+                part.error = exc
+        return out
+
     def events(self, entity: str, project: str, run_id: str, samples: int) -> list[dict[str, Any]]:
         """System-metrics rows (W&B's ``events``); at most ``samples`` of them."""
         variables = {"entity": entity, "project": project, "name": run_id, "samples": samples}
@@ -676,11 +785,15 @@ class WandbClient:
         return urls, headers
 
     def upload(
-        self, url: str, fileobj: IO[bytes], headers: Mapping[str, str] | None = None
+        self, url: str, fileobj: IO[bytes], headers: Mapping[str, str] | None = None,
+        *, resend: bool = True,
     ) -> None:
         """PUT the bytes of ``fileobj`` (from its current position) to an upload URL.
 
-        Retried like a read: putting the same bytes twice leaves the same file.
+        Retried like a read: putting the same bytes twice leaves the same file. With
+        ``resend=False`` a PUT that may have landed (connection lost after sending, 5xx)
+        is not sent again: the outbox reads the file back first, because someone else may
+        have replaced it in the meantime.
         """
         start = fileobj.tell()
         size = fileobj.seek(0, io.SEEK_END) - start
@@ -701,7 +814,7 @@ class WandbClient:
             )
             resp.close()
 
-        self.policy.call(attempt, idempotent=True)
+        self.policy.call(attempt, idempotent=resend)
 
     def mark_run_files_uploaded(
         self, entity: str, project: str, run_id: str, names: Sequence[str]

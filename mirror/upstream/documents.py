@@ -34,6 +34,7 @@ __all__ = [
     "UPSERT_BUCKET",
     "VIEWER",
     "all_documents",
+    "run_parts",
     "runs_by_name",
     "upsert_buckets",
 ]
@@ -136,6 +137,20 @@ fragment UpsertResult on UpsertBucketPayload {
     updatedAt
   }
   inserted
+}
+"""
+
+# A run file as RunFiles selects it (the batched read of many runs uses it per alias).
+FILE_FRAGMENT = """
+fragment RunFileFields on File {
+  id
+  name
+  url(upload: false)
+  directUrl
+  sizeBytes
+  mimetype
+  updatedAt
+  md5
 }
 """
 
@@ -449,6 +464,46 @@ def runs_by_name(count: int) -> str:
         for k in range(count)
     )
     return f"\nquery RunsByName({params}) {{\n{fields}\n}}\n" + RUN_FRAGMENT + RUN_SYNC_FRAGMENT
+
+
+def run_parts(shapes: list[tuple[bool, bool, bool]]) -> str:
+    """What a sync needs of many runs of ONE project, in one request.
+
+    ``shapes[k] = (history, events, files)`` says which parts alias ``r{k}`` asks for:
+    ``r{k}: run(name: $n{k}) { history(minStep: $a{k}, maxStep: $b{k}, samples: $s{k})
+    events(samples: $e{k}) files(first: $f{k}) {...} }``. These are the fields and
+    arguments of HistoryPage, RunEvents and RunFiles, only aliased side by side under one
+    ``project``, so any server that answers those answers this. A run that fails (its
+    alias is ``null`` with errors under ``r{k}``) does not fail the others.
+    """
+    if not shapes:
+        raise ValueError("a batch needs at least one run")
+    params = ["$entity: String!", "$project: String!"]
+    fields = []
+    for k, (want_history, want_events, want_files) in enumerate(shapes):
+        params.append(f"$n{k}: String!")
+        parts = []
+        if want_history:
+            params.append(f"$a{k}: Int64!, $b{k}: Int64!, $s{k}: Int!")
+            parts.append(f"history(minStep: $a{k}, maxStep: $b{k}, samples: $s{k})")
+        if want_events:
+            params.append(f"$e{k}: Int")
+            parts.append(f"events(samples: $e{k})")
+        if want_files:
+            params.append(f"$f{k}: Int")
+            parts.append(
+                f"files(first: $f{k}) {{ edges {{ node {{ ...RunFileFields }} cursor }} "
+                "pageInfo { endCursor hasNextPage } }"
+            )
+        body = "".join(f"\n      {part}" for part in parts)
+        fields.append(f"    r{k}: run(name: $n{k}) {{\n      name{body}\n    }}")
+    text = (
+        f"\nquery RunParts({', '.join(params)}) {{\n"
+        "  project(name: $project, entityName: $entity) {\n"
+        + "\n".join(fields)
+        + "\n  }\n}\n"
+    )
+    return text + FILE_FRAGMENT if any(f for _, _, f in shapes) else text
 
 
 def all_documents() -> dict[str, str]:

@@ -196,7 +196,7 @@ def make_session(
     base_url: str | None = None,
     api_key: str | None = None,
     timeout: Timeout | tuple[float, float] = DEFAULT_TIMEOUT,
-    pool_size: int = 10,
+    pool_size: int = 32,
     user_agent: str = USER_AGENT,
     trust_env: bool = True,
 ) -> UpstreamSession:

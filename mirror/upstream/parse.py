@@ -15,14 +15,17 @@ Timestamps stay the server's strings; ``config`` stays in W&B's wrapped form.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from mirror.errors import ProtocolError
 from mirror.records import FileRecord, ProjectRecord, RunRecord, SweepRecord
-from mirror.store.codec import loads_wire
+from mirror.store import codec
 
 __all__ = [
     "Page",
@@ -31,6 +34,7 @@ __all__ = [
     "parse_connection",
     "parse_file",
     "parse_history_rows",
+    "parse_history_texts",
     "parse_project",
     "parse_run",
     "parse_sweep",
@@ -39,7 +43,6 @@ __all__ = [
 ]
 
 _MISSING = object()
-
 
 class _Shape(ProtocolError):
     """A ProtocolError about one field (kept internal: callers catch ProtocolError)."""
@@ -150,7 +153,7 @@ class _Node:
         value = self._get(key, False)
         if isinstance(value, str):
             try:
-                value = loads_wire(value)
+                value = codec.loads_wire(value)
             except ValueError as exc:
                 raise _fail(
                     f"{self.path}.{key}", f"not valid JSON ({exc})", self.operation
@@ -165,7 +168,7 @@ class _Node:
         value = self._get(key, False)
         if isinstance(value, str):  # a server that string-encodes JSON fields
             try:
-                value = loads_wire(value)
+                value = codec.loads_wire(value)
             except ValueError:
                 raise self._bad(key, "a JSON object", value) from None
         if value is None:
@@ -342,25 +345,47 @@ def parse_sweep(
     )
 
 
-def parse_history_rows(
+def parse_history_texts(
     value: Any, *, path: str = "history", operation: str | None = None
-) -> list[dict[str, Any]]:
-    """``[String!]!`` of JSON rows -> list of dicts, exactly (NaN, wide ints kept)."""
+) -> tuple[list[dict[str, Any]], list[str | None]]:
+    """:func:`parse_history_rows`, plus each row's text where it can be stored as it came.
+
+    A text orjson read exactly (no bare NaN/Infinity, no integer beyond 64 bits) is one
+    :func:`mirror.store.codec.loads` reads back exactly too, so a pull may store it as is
+    instead of encoding the row again; for the other rows the text is None.
+    """
     if not isinstance(value, list):
         raise _fail(path, f"expected a list, got {_type_name(value)}", operation)
     rows: list[dict[str, Any]] = []
+    texts: list[str | None] = []
     for i, line in enumerate(value):
+        text = None
         if isinstance(line, str):
             try:
-                row = loads_wire(line)
-            except ValueError as exc:
-                raise _fail(f"{path}[{i}]", f"not valid JSON ({exc})", operation) from None
+                row = orjson.loads(line)
+                if codec.has_wide_float(row):
+                    row = json.loads(line)
+                else:
+                    text = line
+            except orjson.JSONDecodeError:
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise _fail(f"{path}[{i}]", f"not valid JSON ({exc})", operation) from None
         else:
             row = line  # a server that sends rows inline
         if not isinstance(row, dict):
             raise _fail(f"{path}[{i}]", f"expected a JSON object, got {_type_name(row)}", operation)
         rows.append(row)
-    return rows
+        texts.append(text)
+    return rows, texts
+
+
+def parse_history_rows(
+    value: Any, *, path: str = "history", operation: str | None = None
+) -> list[dict[str, Any]]:
+    """``[String!]!`` of JSON rows -> list of dicts, exactly (NaN, wide ints kept)."""
+    return parse_history_texts(value, path=path, operation=operation)[0]
 
 
 @dataclass(frozen=True)
