@@ -3,7 +3,8 @@
 A seeded W&B-compatible server (``mirror serve --authoritative`` over a temporary store)
 plays W&B; the mirror syncs it into the user's local store, syncs again to show that an
 unchanged project costs one request, then answers questions through ``mirror.Api``
-exactly as a ``wandb.Api`` script would.
+exactly as a ``wandb.Api`` script would. Last, it edits a run offline (summary, tags,
+notes), shows the edit pending in the outbox, pushes it and shows the server's view.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from mirror.paths import wandb_time
 from mirror.progress import SyncProgress
 from mirror.server.http import make_server
 from mirror.server.seed import seed_demo
@@ -53,6 +55,7 @@ def run_demo(settings: Settings, *, console: Console, quiet: bool = False) -> di
                 say(f"[bold]3.[/] sync again: nothing changed upstream, "
                     f"{requests_again} request(s), {second.projects[0].rows} rows fetched")
                 answers = _query(local, seeded.entity, seeded.project, say, quiet)
+                edited = _edit_and_push(local, local_settings, say)
             finally:
                 local.close()
         finally:
@@ -60,7 +63,7 @@ def run_demo(settings: Settings, *, console: Console, quiet: bool = False) -> di
             upstream.close()
     p = first.projects[0] if first.projects else None
     result = {
-        "ok": first.ok and second.ok,
+        "ok": first.ok and second.ok and bool(edited["server_shows_edit"]),
         "store": settings.db_url,
         "runs": p.listed if p else 0,
         "history_rows": p.rows if p else 0,
@@ -68,6 +71,7 @@ def run_demo(settings: Settings, *, console: Console, quiet: bool = False) -> di
         "requests_on_resync": requests_again,
         "seconds": round(time.monotonic() - started, 2),
         **answers,
+        **edited,
     }
     say(f"done in {result['seconds']:.1f}s. Next: `mirror status`, or in Python "
         "`from mirror import Api; Api().runs(\"mirror/demo\")`.")
@@ -99,3 +103,46 @@ def _query(store: Any, entity: str, project: str, say: Any, quiet: bool) -> dict
 
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _edit_and_push(store: Any, settings: Settings, say: Any) -> dict[str, Any]:
+    """Edit a finished run offline, show it pending, push it, show the server's view."""
+    from mirror.api import Api
+    from mirror.outbox.replay import PushOptions, push
+    from mirror.outbox.status import outbox_status
+    from mirror.upstream.client import WandbClient
+
+    api = Api(store=store, settings=settings)
+    path = f"{settings.entity}/{settings.project}"
+    run = api.runs(path, filters={"state": "finished"}, order="+created_at")[0]
+    # Values of this moment: a demo run again over the same store edits for real.
+    stamp = wandb_time()
+    notes = f"checked offline in the demo at {stamp}"
+    run.summary["reviewed_at"] = stamp
+    if "reviewed" not in run.tags:
+        run.tags.append("reviewed")
+    run.notes = notes
+    run.update()
+    pending = outbox_status(store)["pending"]
+    api.flush()
+    shown = api.run(f"{path}/{run.id}")
+    say(f"6. offline edit of {run.id}: summary.reviewed_at = "
+        f"{shown.summary['reviewed_at']}, tags {shown.tags}, notes {shown.notes!r}: shown at "
+        f"once, {pending} op(s) pending")
+    client = WandbClient(settings)
+    try:
+        report = push(store, client, PushOptions(max_wait=10.0), base_url=settings.base_url)
+        (remote,) = client.get_runs([(settings.entity or "", settings.project or "", run.id)])
+    finally:
+        client.close()
+    calls = sum(report.calls.values())
+    say(f"7. mirror push: {report.acked} op(s) acknowledged in {calls} request(s) "
+        f"({report.seconds:.2f}s)")
+    ok = (remote is not None and (remote.summary or {}).get("reviewed_at") == stamp
+          and "reviewed" in remote.tags and remote.notes == notes)
+    if remote is not None:
+        say(f"8. the server now shows {run.id}: summary.reviewed_at = "
+            f"{(remote.summary or {}).get('reviewed_at')}, tags {remote.tags}, "
+            f"notes {remote.notes!r}")
+    return {"edited_run": run.id, "pending_before_push": pending, "push_requests": calls,
+            "push_ok": report.ok, "server_shows_edit": ok}

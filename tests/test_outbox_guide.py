@@ -120,9 +120,21 @@ def _local_run() -> Any:
     return api.run(RUN)
 
 
+def snapshot(r: Any) -> dict[str, Any]:
+    """Everything an edit of the guide can touch, as plain JSON, for either client."""
+    files = {f.name: (f.size, f.md5) for f in r.files()}
+    return json.loads(json.dumps({
+        "summary": dict(r.summary._json_dict), "config": dict(r.config),
+        "tags": sorted(r.tags), "name": r.name, "notes": r.notes or None,
+        "group": r.group or None, "job_type": r.job_type or None, "files": files,
+    }, sort_keys=True))
+
+
 def _after_push(guide: Guide, check: Callable[[Any], None]) -> Any:
-    """Check the local view, push, check the official client's view the same way."""
+    """Check the local view, push, check the official client's view the same way; then
+    the official client must see EXACTLY what the local view showed before the push."""
     check(_local_run())
+    mine = snapshot(_local_run())
     guide.online()
     report = guide.push()
     assert report["ok"] and report["acked"] >= 1 and not report["conflicts"], report
@@ -131,7 +143,9 @@ def _after_push(guide: Guide, check: Callable[[Any], None]) -> Any:
     assert status["pending"] == 0 and status["dead_letters"] == 0
     theirs = guide.judge()
     check(theirs)
+    assert snapshot(theirs) == mine
     check(_local_run())  # still shown locally after the push (acknowledged, overlaid)
+    assert snapshot(_local_run()) == mine
     return theirs
 
 
@@ -192,6 +206,7 @@ def test_tags_name_notes_group_job_type_then_update(guide: Guide) -> None:
 
     run = api.run("alice/cifar/guide001")
     run.tags.append("reviewed")
+    run.tags.remove("guide")
     run.name = "renamed-run"
     run.notes = "checked by hand"
     run.group = "ablation"
@@ -199,7 +214,7 @@ def test_tags_name_notes_group_job_type_then_update(guide: Guide) -> None:
     run.update()
 
     def check(r: Any) -> None:
-        assert sorted(r.tags) == ["guide", "reviewed"]
+        assert r.tags == ["reviewed"]
         assert r.name == "renamed-run" and r.notes == "checked by hand"
         assert r.group == "ablation" and r.job_type == "eval"
 

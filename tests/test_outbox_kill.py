@@ -1,11 +1,15 @@
-"""`mirror push` SIGKILLed at seeded random moments, restarted each time.
+"""`mirror push` SIGKILLed at seeded random moments (20 times at MIRROR_STRESS_SCALE=1),
+restarted each time.
 
-Between kills the user keeps editing (new summary values, a tag added and the previous one
+A moment is a random number of requests into the push (the server's request log counts
+them), so every kill lands while the push is under way, not while Python starts. Between
+kills the user keeps editing (new summary values, a tag added and the previous one
 removed, a file uploaded and the previous one deleted, on every run), so every restart has
 work and ops of several generations are in flight, in backoff and pending when the process
 dies. At the end one clean push must exit 0 and the server must hold exactly what the
-local view shows: nothing lost, nothing applied twice (a stale tag add, upload or delete
-replayed after a later one would show up as a resurrected tag or file, or a missing one).
+local view showed before it (the intended state): nothing lost, nothing applied twice (a
+stale tag add, upload or delete replayed after a later one would show up as a resurrected
+tag or file, or a missing one).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +79,50 @@ def _edit(api: mapi.Api, run_ids: list[str], i: int, tmp: Path) -> None:
                     f.delete()
 
 
+def _snapshot(api: mapi.Api, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """What the local view shows for every run: the intended server state."""
+    api.flush()
+    out = {}
+    for run_id in run_ids:
+        view = api.run(f"{E}/{P}/{run_id}")
+        out[run_id] = _state(dict(view.summary._json_dict), dict(view.config), view.tags,
+                             view.notes, {f.name: f.md5 for f in view.files()})
+    return out
+
+
+def _server_state(up: Any, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    out = {}
+    with up.session() as s:
+        for run_id in run_ids:
+            rec = store_runs.get_run(s, E, P, run_id)
+            assert rec is not None and rec.pk is not None
+            config = {k: v["value"] for k, v in (rec.config or {}).items() if k != "_wandb"}
+            files = {f.name: f.md5 for f in store_runs.list_files(s, rec.pk)}
+            out[run_id] = _state(rec.summary or {}, config, rec.tags, rec.notes, files)
+    return out
+
+
+def _kill_mid_push(proc: subprocess.Popen[bytes], srv: Any, after_requests: int) -> bool:
+    """SIGKILL ``proc`` once the server has seen ``after_requests`` more requests (the push
+    is then under way: a kill before it sent anything would test nothing). False if the
+    push finished first."""
+    start = len(srv.request_log)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if len(srv.request_log) - start >= after_requests:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            return True
+        time.sleep(0.002)
+    if proc.poll() is None:  # never got going: still a kill, but say so in the count
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    return False
+
+
 @pytest.mark.slow
 def test_sigkill_during_push_loses_nothing_and_applies_nothing_twice(tmp_path: Path) -> None:
+    kills = max(2, round(KILLS * _scale()))  # 20 at scale 1; CI (0.2) kills 4 times
     up = open_store(tmp_path / "up" / "mirror.db")
     gen = generate(up, runs=RUNS, steps=2, keys=1, seed=11, entity=E, project=P)
     for run_id in gen.run_ids:
@@ -84,7 +131,16 @@ def test_sigkill_during_push_loses_nothing_and_applies_nothing_twice(tmp_path: P
     files_dir = tmp_path / "files"
     files_dir.mkdir()
     rng = random.Random(20261127)
-    killed = 0
+    killed = generations = 0
+    spent = {"sync": 0.0, "edits": 0.0, "killed pushes": 0.0, "final push": 0.0}
+    clock = time.monotonic()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        spent[phase] += now - clock
+        clock = now
+
     try:
         with serve_in_thread(up) as srv:
             local = open_store(home / "mirror.db")
@@ -94,50 +150,46 @@ def test_sigkill_during_push_loses_nothing_and_applies_nothing_twice(tmp_path: P
             assert sync(local, settings, [f"{E}/{P}"], SyncOptions(full=True),
                         client=client).ok
             client.close()
+            lap("sync")
             api = mapi.Api(store=local, settings=settings)
-            # Latency on every request stretches a push over the kill window.
+            # Latency on every request stretches a push over many requests' time.
             srv.faults = FaultPlan([Fault(route="*", kind="latency", probability=1.0,
-                                          latency_ms=12 * _scale())])
+                                          latency_ms=8)])
             env = {**os.environ, "MIRROR_HOME": str(home), "WANDB_BASE_URL": srv.url,
                    "WANDB_API_KEY": srv.api_key}
             cmd = [sys.executable, "-m", "mirror.commands.push", "--json", "--batch-runs", "2",
                    "--max-wait", "5"]
-            for i in range(KILLS):
-                _edit(api, gen.run_ids, i, files_dir)
+            while killed < kills:
+                assert generations < 3 * kills, f"only {killed} pushes killed mid-way"
+                _edit(api, gen.run_ids, generations, files_dir)
+                generations += 1
+                lap("edits")
                 proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-                try:
-                    proc.wait(timeout=rng.uniform(0.6, 2.2) * _scale())
-                except subprocess.TimeoutExpired:
-                    proc.send_signal(signal.SIGKILL)
-                    killed += 1
-                proc.wait(timeout=30)
-            assert killed >= KILLS // 2, f"only {killed} of {KILLS} pushes were killed mid-way"
+                # A random moment: after 1 to 60 requests of this push (one generation's
+                # push sends about 60, a push after a kill more).
+                killed += _kill_mid_push(proc, srv, rng.randint(1, 60))
+                lap("killed pushes")
+            intended = _snapshot(api, gen.run_ids)  # read-your-writes: what the user sees
             srv.faults = FaultPlan()
             final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
             assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-2000:]
+            lap("final push")
 
             status = outbox_status(local)
             assert status["pending"] == 0 and status["conflicts"] == 0
             assert status["dead_letters"] == 0
-            api.flush()
-            with up.session() as s:
-                for run_id in gen.run_ids:
-                    view = api.run(f"{E}/{P}/{run_id}")
-                    mine = _state(dict(view.summary._json_dict), dict(view.config), view.tags,
-                                  view.notes, {f.name: f.md5 for f in view.files()})
-                    rec = store_runs.get_run(s, E, P, run_id)
-                    assert rec is not None and rec.pk is not None
-                    config = {k: v["value"] for k, v in (rec.config or {}).items()
-                              if k != "_wandb"}
-                    files = {f.name: f.md5 for f in store_runs.list_files(s, rec.pk)}
-                    theirs = _state(rec.summary or {}, config, rec.tags, rec.notes, files)
-                    assert mine == theirs, run_id
-                    assert theirs["tags"] == ["bench", f"g{KILLS - 1}"]
-                    assert theirs["config"]["gen"] == KILLS - 1
+            server = _server_state(up, gen.run_ids)
+            for run_id in gen.run_ids:
+                assert server[run_id] == intended[run_id], run_id
+                assert server[run_id]["tags"] == ["bench", f"g{generations - 1}"]
+                assert server[run_id]["config"]["gen"] == generations - 1
+            assert _snapshot(api, gen.run_ids) == intended  # and the view did not move
             local.close()
     finally:
         up.close()
+    print(f"killed {killed} pushes mid-way over {generations} edit generations; seconds: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in spent.items()))
     assert local.path is not None
     conn = sqlite3.connect(local.path)
     try:

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 import mirror.api as mapi
+from mirror.cli import app as mirror_app
 from mirror.commands.outbox import outbox_app
 from mirror.commands.push import app as push_app
 from mirror.outbox.replay import PushOptions, PushReport, push
@@ -244,6 +245,9 @@ def test_conflict_is_parked_other_keys_go_through_untouched_upstream_keys_surviv
     assert remote.tags == ["bench", "theirs", "mine"]  # tag deltas merge, never conflict
     status = outbox_status(world.local)
     assert status["conflicts"] == 1 and status["pending"] == 0
+    assert mirror_status(world)["outbox"]["conflicts"] == 1  # `mirror status` shows it
+    human = CliRunner().invoke(mirror_app, ["status", "--store", str(world.local.path)])
+    assert human.exit_code == 0 and "outbox conflicts: 1" in human.output, human.output
     (conflict,) = [op for op in world.ops() if op.payload.get("conflicted")]
     with world.local.session() as s:
         (c,) = outbox_store.list_conflicts(s, op_id=conflict.id)
@@ -262,6 +266,15 @@ def test_conflict_is_parked_other_keys_go_through_untouched_upstream_keys_surviv
     assert world.push().ok
     assert world.remote(rid).summary["a"] == 1 and world.remote(rid).summary["c"] == 5
     assert outbox_status(world.local)["conflicts"] == 0
+    assert mirror_status(world)["outbox"]["conflicts"] == 0
+
+
+def mirror_status(world: World) -> dict[str, Any]:
+    """`mirror status --json`, the command users run."""
+    result = CliRunner().invoke(mirror_app, ["status", "--json", "--store",
+                                             str(world.local.path)])
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
 
 
 def test_conflict_resolved_theirs_keeps_upstream_value(world: World) -> None:
@@ -277,6 +290,7 @@ def test_conflict_resolved_theirs_keeps_upstream_value(world: World) -> None:
                                              "--store", str(world.local.path)])
     assert result.exit_code == 0, result.output
     assert world.ops(["conflict"]) == [] and outbox_status(world.local)["conflicts"] == 0
+    assert mirror_status(world)["outbox"]["conflicts"] == 0
     world.pull()
     assert world.run(rid).summary["a"] == 9 and world.remote(rid).summary["a"] == 9
     assert world.push().ok and world.sent() == []  # nothing left to send
@@ -425,6 +439,18 @@ def test_ambiguous_file_delete_is_read_back(world: World) -> None:
     report = world.push()
     assert report.ok, report.as_dict()
     assert world.sent().count("deleteFiles") == 1 and "f0.txt" not in world.remote_files(rid)
+
+
+def test_ambiguous_upload_is_read_back_never_resent(world: World, tmp_path: Path) -> None:
+    """The PUT lands, then the connection drops: the next attempt lists the file, finds
+    our md5 and acknowledges it; the bytes are never sent twice."""
+    rid = world.run_ids[0]
+    (tmp_path / "new.txt").write_text("new")
+    world.run(rid).upload_file(str(tmp_path / "new.txt"), root=str(tmp_path))
+    world.srv.faults = FaultPlan([Fault(route="storage_put", kind="drop_after", calls=[1])])
+    report = world.push()
+    assert report.ok and report.already == 1, report.as_dict()
+    assert world.sent().count("storage_put") == 1 and "new.txt" in world.remote_files(rid)
 
 
 def test_runs_still_running_upstream_are_held_unless_forced(world: World) -> None:
@@ -611,3 +637,15 @@ def test_an_edit_after_a_crashed_push_builds_on_the_write_that_landed(world: Wor
     report = world.push()
     assert report.ok and report.recovered == 2 and not report.conflicts, report.as_dict()
     assert world.remote(rid).summary["a"] == 2 and world.remote(rid).notes == "second"
+
+
+def test_the_demo_edits_a_run_offline_and_pushes_it(world: World) -> None:
+    """`mirror demo`'s last part: offline edit, shown pending, pushed, seen upstream."""
+    from mirror.demo import _edit_and_push
+
+    said: list[str] = []
+    out = _edit_and_push(world.local, world.settings, said.append)
+    assert out["pending_before_push"] == 3 and out["push_ok"], out
+    assert out["server_shows_edit"] and out["push_requests"] == 2, out
+    assert "reviewed" in world.remote(out["edited_run"]).tags
+    assert any("3 op(s) pending" in line for line in said), said

@@ -28,7 +28,7 @@ from mirror.outbox.ops import (
     tags_patch,
 )
 from mirror.outbox.replay import classify
-from mirror.outbox.settle import settle_run
+from mirror.outbox.settle import settle_run, settle_runs
 from mirror.records import FileRecord, RunRecord
 from mirror.store import Store
 from mirror.store import outbox as outbox_store
@@ -301,6 +301,54 @@ def test_settle_after_a_pull(store: Store, two_runs: tuple[int, int]) -> None:
         assert settle_run(s, a, pulled_after=150.0) == 1  # pulled after its ack: settled
     with store.session() as s:
         assert [o.id for o in outbox_store.list_ops(s)] == [parked, pending]
+
+
+def test_settle_of_a_run_listed_unchanged_needs_files_to_show(store: Store,
+                                                               two_runs: tuple[int, int]) -> None:
+    """A listing carries fields, not files: an acknowledged upload of a run whose listing
+    did not change settles only when the stored files show it."""
+    a, _ = two_runs
+    with store.transaction() as s:
+        put = outbox_store.enqueue(s, a, "file_put", {"name": "n.txt", "md5": "m-new"})
+        field = outbox_store.enqueue(s, a, "summary", {"keys": {"a": [5]}})
+        outbox_store.mark_many(s, [outbox_store.Mark(put, "done"),
+                                   outbox_store.Mark(field, "done")], now=100.0)
+    with store.transaction() as s:
+        assert settle_runs(s, [a], pulled_after=150.0) == 1  # the field op only
+    with store.session() as s:
+        assert [o.id for o in outbox_store.list_ops(s)] == [put]
+    with store.transaction() as s:
+        store_runs.save_file(s, a, FileRecord(name="n.txt", md5="m-new"))
+        assert settle_runs(s, [a], pulled_after=150.0) == 1
+        assert outbox_store.list_ops(s) == []
+
+
+def test_mark_many_equals_mark_one_by_one(store: Store, two_runs: tuple[int, int]) -> None:
+    a, b = two_runs
+    with store.transaction() as s:
+        ids = [outbox_store.enqueue(s, pk, "summary", {"keys": {"k": [i]}})
+               for i, pk in enumerate([a, a, b])]
+        outbox_store.mark(s, ids[0], "retry", error="503", attempts_delta=1)
+        outbox_store.mark_many(s, [
+            outbox_store.Mark(ids[0], "done"),  # done clears the error
+            outbox_store.Mark(ids[1], "retry", error="429", next_attempt_at=5.0,
+                              attempts_delta=2),
+            outbox_store.Mark(ids[2], "pending", error="paused", attempts_delta=-1),
+        ], now=42.0)
+        got = {o.id: o for o in outbox_store.list_ops(s)}  # the session sees the new state
+    assert (got[ids[0]].state, got[ids[0]].last_error, got[ids[0]].attempts) == ("done", None, 1)
+    assert (got[ids[1]].state, got[ids[1]].last_error, got[ids[1]].next_attempt_at,
+            got[ids[1]].attempts) == ("retry", "429", 5.0, 2)
+    assert got[ids[2]].attempts == 0 and got[ids[2]].last_error == "paused"  # never below 0
+    assert {o.updated_at for o in got.values()} == {42.0}
+    with store.transaction() as s:
+        outbox_store.update_payloads(s, [(ids[1], "config", {"keys": {"z": [None]}},
+                                          {"keys": {"z": []}})])
+    with store.session() as s:
+        changed = outbox_store.get_op(s, ids[1])
+    assert changed is not None and changed.kind == "config"
+    assert changed.payload == {"keys": {"z": [None]}} and changed.base == {"keys": {"z": []}}
+    assert changed.state == "retry"  # the state is left alone
 
 
 def test_push_lock_is_exclusive(store: Store) -> None:

@@ -10,10 +10,8 @@ and are renamed into place, so an interrupted download never leaves a partial fi
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
@@ -25,7 +23,6 @@ from mirror.api.errors import (
 from mirror.api.paging import Paginator
 from mirror.errors import UnsafePathError
 from mirror.outbox import edits, overlay
-from mirror.outbox.ops import overlay_files
 from mirror.paths import validate_run_file_name
 from mirror.records import FileRecord
 from mirror.store import blobs, reads
@@ -80,14 +77,8 @@ class Files(Paginator["File"]):
 
     def _overlaid(self, session: Any, pk: int, pending: list[Any]) -> list[FileRecord]:
         """The matching files with pending file edits laid over them, by name."""
-        stored = reads.file_page(session, pk, names=self.names, pattern=self.pattern)
-        mine = [op for op in pending if self._wants(str(op.payload.get("name")))]
-        return overlay_files(stored, mine)
-
-    def _wants(self, name: str) -> bool:
-        if self.names:
-            return name in self.names
-        return self.pattern is None or _like(self.pattern).fullmatch(name) is not None
+        return overlay.file_listing(session, pk, pending, names=self.names,
+                                    pattern=self.pattern)
 
     def _length(self) -> int:
         if self._count is None:
@@ -250,20 +241,3 @@ def _check_inside(root: str | os.PathLike[str], target: Path) -> None:
     if os.path.commonpath([real_root, real]) != real_root:
         raise UnsafePathError(str(target), f"it resolves outside {os.fspath(root)!r}")
 
-
-@lru_cache(maxsize=64)
-def _like(pattern: str) -> re.Pattern[str]:
-    """A SQL ``LIKE`` pattern as a regex (``%``, ``_``, backslash escapes; ASCII case
-    folded, as SQLite's and MySQL's default LIKE do), for files only the overlay lists."""
-    out: list[str] = []
-    chars = iter(pattern)
-    for ch in chars:
-        if ch == "\\":
-            out.append(re.escape(next(chars, "\\")))
-        elif ch == "%":
-            out.append(".*")
-        elif ch == "_":
-            out.append(".")
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL | re.IGNORECASE | re.ASCII)

@@ -319,7 +319,7 @@ class Run:
             doc = {}
             setattr(self._record, name, doc)
         if name == "summary" and "summary" not in self._seen:
-            self._seen["summary"] = copy.deepcopy(doc)
+            self._seen["summary"] = self._stored.pristine(name)
         return doc
 
     @property

@@ -30,8 +30,9 @@ from mirror.outbox.ops import (
     unwrapped_config,
 )
 from mirror.records import FileRecord
-from mirror.store import blobs
+from mirror.store import Store, blobs
 from mirror.store import outbox as outbox_store
+from mirror.store import runs as store_runs
 from mirror.store.outbox import OpRecord
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "enqueue_patch",
     "guess_mimetype",
     "pending_create",
+    "queue_upload",
 ]
 
 UNSEEN: Any = object()
@@ -156,3 +158,32 @@ def pending_create(session: Any, run_pk: int) -> OpRecord | None:
         if op.state != "done":
             return op
     return None
+
+
+def queue_upload(
+    store: Store,
+    entity: str,
+    project: str,
+    run_id: str,
+    name: str,
+    fileobj: blobs.Readable,
+    *,
+    size: int,
+    md5_b64: str | None = None,
+) -> blobs.BlobInfo | None:
+    """The drop-in server's upload (a PUT to a signed URL) as a queued ``file_put``.
+
+    Returns None, having read nothing, when the run is not known here or exists only
+    locally (its upload carries its files): the caller then stores the file directly.
+    Otherwise the bytes go to the blob cache (verified against ``size``/``md5_b64``) and
+    the op is queued with the blob row, in one transaction.
+    """
+    with store.session() as s:
+        pk = store_runs.run_pk(s, entity, project, run_id)
+        if pk is None or pending_create(s, pk) is not None:
+            return None
+    info = blobs.put_stream(store, fileobj, expected_size=size, expected_md5_b64=md5_b64,
+                            record=False)
+    with store.transaction() as s:
+        enqueue_file_put(s, pk, name, info)
+    return info

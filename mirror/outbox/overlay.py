@@ -9,7 +9,9 @@ ops cost one indexed lookup per page of runs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from mirror.outbox.ops import overlay_files, overlay_run
@@ -20,7 +22,9 @@ from mirror.store import runs as store_runs
 from mirror.store.outbox import FIELD_KINDS, FILE_KINDS, OpRecord
 
 __all__ = [
+    "file_listing",
     "file_ops",
+    "like_regex",
     "overlay_records",
     "overlay_stored",
     "view_file",
@@ -85,3 +89,42 @@ def view_file(session: Any, run_pk: int, name: str) -> FileRecord | None:
     pending = [op for op in file_ops(session, run_pk) if op.payload.get("name") == name]
     found = overlay_files(live, pending) if pending else live
     return found[0] if found else None
+
+
+def file_listing(
+    session: Any,
+    run_pk: int,
+    pending: Sequence[OpRecord],
+    *,
+    names: Sequence[str] | None = None,
+    pattern: str | None = None,
+) -> list[FileRecord]:
+    """The run's files matching ``names`` (exact) or ``pattern`` (SQL LIKE), with pending
+    file edits laid over them, sorted by name (for keyset paging by the caller)."""
+    stored = reads.file_page(session, run_pk, names=list(names or []) or None, pattern=pattern)
+
+    def wanted(name: str) -> bool:
+        if names:
+            return name in names
+        return pattern is None or like_regex(pattern).fullmatch(name) is not None
+
+    mine = [op for op in pending if wanted(str(op.payload.get("name")))]
+    return overlay_files(stored, mine)
+
+
+@lru_cache(maxsize=64)
+def like_regex(pattern: str) -> re.Pattern[str]:
+    """A SQL ``LIKE`` pattern as a regex (``%``, ``_``, backslash escapes; ASCII case
+    folded, as SQLite's and MySQL's default LIKE do), for files only the overlay lists."""
+    out: list[str] = []
+    chars = iter(pattern)
+    for ch in chars:
+        if ch == "\\":
+            out.append(re.escape(next(chars, "\\")))
+        elif ch == "%":
+            out.append(".*")
+        elif ch == "_":
+            out.append(".")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.DOTALL | re.IGNORECASE | re.ASCII)

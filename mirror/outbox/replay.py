@@ -48,7 +48,14 @@ from mirror.records import FileRecord, RunRecord
 from mirror.store import Store, blobs
 from mirror.store import outbox as outbox_store
 from mirror.store.codec import dumps_wire
-from mirror.store.outbox import ACTIVE_STATES, FIELD_KINDS, FILE_KINDS, OpRecord, RunRef
+from mirror.store.outbox import (
+    ACTIVE_STATES,
+    FIELD_KINDS,
+    FILE_KINDS,
+    Mark,
+    OpRecord,
+    RunRef,
+)
 
 __all__ = [
     "PushOptions",
@@ -79,7 +86,8 @@ class Upstream(Protocol):
         self, entity: str, project: str, run_id: str, names: Sequence[str]
     ) -> tuple[dict[str, str], dict[str, str]]: ...
 
-    def upload(self, url: str, fileobj: Any, headers: Mapping[str, str] | None = ...) -> None: ...
+    def upload(self, url: str, fileobj: Any, headers: Mapping[str, str] | None = ..., *,
+               resend: bool = ...) -> None: ...
 
     def mark_run_files_uploaded(
         self, entity: str, project: str, run_id: str, names: Sequence[str]
@@ -222,7 +230,9 @@ class Pusher:
             while report.paused is None:
                 # The first round always runs; later ones (ops that came due again after a
                 # backoff) only within max_wait, so `max_wait=0` is exactly one round.
-                works = self._claim() if rounds == 0 or self.clock() <= deadline else []
+                if rounds and self.clock() > deadline:
+                    break
+                works = self._claim()
                 rounds += 1
                 if works:
                     self._round(works)
@@ -230,9 +240,12 @@ class Pusher:
                 with self.store.session() as s:
                     due = outbox_store.next_due(s)
                 now = self.clock()
-                if due is None or due > deadline:
+                # Nothing claimable now: wait for the next op's backoff to end, but only if
+                # it ends within max_wait and later than now (an op that is due yet was not
+                # claimed belongs to a run this push set aside, e.g. held).
+                if due is None or due > deadline or due <= now:
                     break
-                self.sleep(max(0.0, due - now))
+                self.sleep(due - now)
             self._finish()
         return report
 
@@ -266,18 +279,18 @@ class Pusher:
                 # A run that exists only locally is uploaded first, alone: its other ops
                 # need the run to exist upstream.
                 cut = next((i for i, op in enumerate(ops) if op.kind == "create_run"), None)
-                prefix = ops[:1] if cut == 0 else ops[:cut]
-                merged = coalesce(prefix)
-                for c in merged:
-                    if c.merged:
-                        outbox_store.update_payload(s, c.op.id, c.op.kind, c.op.payload,
-                                                    c.op.base)
-                        outbox_store.delete_ops(s, c.merged)
-                        self.report.coalesced += len(c.merged)
-                    outbox_store.mark(s, c.op.id, "in_flight", attempts_delta=1, now=now)
-                    c.op.attempts += 1
-                    c.op.state = "in_flight"
-                chosen[run_pk] = merged
+                chosen[run_pk] = coalesce(ops[:1] if cut == 0 else ops[:cut])
+            survivors = [c for merged in chosen.values() for c in merged]
+            folded = [c for c in survivors if c.merged]
+            outbox_store.update_payloads(
+                s, [(c.op.id, c.op.kind, c.op.payload, c.op.base) for c in folded])
+            outbox_store.delete_ops(s, [i for c in folded for i in c.merged])
+            outbox_store.mark_many(
+                s, [Mark(c.op.id, "in_flight", attempts_delta=1) for c in survivors], now=now)
+            for c in survivors:
+                c.op.attempts += 1
+                c.op.state = "in_flight"
+            self.report.coalesced += sum(len(c.merged) for c in folded)
             refs = outbox_store.run_refs(s, chosen)
         for run_pk, merged in chosen.items():
             works.append(_Work(refs[run_pk], [c.op for c in merged]))
@@ -369,12 +382,14 @@ class Pusher:
         except MirrorError as exc:
             self._failed([op for _, _, ops, _ in batch for op in ops], exc)
             return
+        confirmed: list[tuple[_Work, list[OpRecord], FieldsMerge]] = []
         for (work, _remote, ops, merged), outcome in zip(batch, outcomes, strict=True):
             error = getattr(outcome, "error", None)
             if error is None and getattr(outcome, "bucket", None):
-                self._ack_fields(work, ops, merged)
+                confirmed.append((work, ops, merged))
             else:
                 self._failed(ops, error or EditRejected("the server did not confirm the write"))
+        self._ack_fields_many(confirmed)
 
     # --- files ---------------------------------------------------------------------------
 
@@ -440,7 +455,8 @@ class Pusher:
                 continue
             try:
                 with blobs.open_blob(self.store, str(op.payload["blob"])) as fh:
-                    self.client.upload(url, fh, headers)
+                    # An ambiguous PUT is read back by the next attempt, never re-sent.
+                    self.client.upload(url, fh, headers, resend=False)
                 self._count("files")
             except FileNotFoundError:
                 self._dead([op], f"the local copy of {op.payload['name']!r} is gone from the "
@@ -510,8 +526,8 @@ class Pusher:
             self._skip.add(work.ref.pk)
             reason = "uploading runs created locally is not available in this version"
             with self.store.transaction() as s:
-                for op in work.ops:
-                    outbox_store.mark(s, op.id, "pending", error=reason, attempts_delta=-1)
+                outbox_store.mark_many(s, [Mark(op.id, "pending", error=reason,
+                                                attempts_delta=-1) for op in work.ops])
             self._warn(f"{work.ref.path}: {reason}; its edits wait")
             return
         try:
@@ -525,36 +541,50 @@ class Pusher:
     # --- marking ---------------------------------------------------------------------------
 
     def _ack_fields(self, work: _Work, ops: list[OpRecord], merged: FieldsMerge) -> None:
-        """Confirmed (or nothing to send): done, with conflicted keys recorded and parked."""
+        self._ack_fields_many([(work, ops, merged)])
+
+    def _ack_fields_many(self, items: list[tuple[_Work, list[OpRecord], FieldsMerge]]) -> None:
+        """Confirmed (or nothing to send): done, with conflicted keys recorded and parked.
+
+        One transaction for a whole written batch.
+        """
+        if not items:
+            return
         now = self.clock()
+        marks: list[Mark] = []
         with self.store.transaction() as s:
-            for op in ops:
-                conflicts = [c for c in merged.conflicts if c.op_id == op.id]
-                for c in conflicts:
-                    outbox_store.add_conflict(
-                        s, op_id=op.id, run_pk=op.run_pk, kind=c.kind, key=c.key,
-                        base=c.base, local=c.local, remote=c.remote, now=now,
-                    )
-                keys = list(op.payload.get("keys", {})) if op.kind != "tags" else ["tags"]
-                conflicted = [c.key for c in conflicts]
-                if conflicted and len(conflicted) == len(keys):
-                    outbox_store.mark(
-                        s, op.id, "conflict", now=now,
-                        error=f"changed upstream since the edit: {', '.join(conflicted)}",
-                    )
-                    continue
-                payload = {**op.payload, "conflicted": conflicted} if conflicted else None
-                outbox_store.mark(s, op.id, "done", payload=payload, now=now)
-        with self._lock:
-            r = self.report
-            r.conflicts += len(merged.conflicts)
-            r.written += sum(len(v) for v in merged.written.values())
-            r.already += sum(len(v) for v in merged.already.values())
-            r.acked += sum(1 for op in ops if len(merged.conflicted(op.id)) < _n_keys(op))
-        if merged.conflicts:
-            names = ", ".join(f"{c.kind}.{c.key}" for c in merged.conflicts)
-            self._warn(f"{work.ref.path}: conflict on {names} (changed upstream since the "
-                       "edit); see `mirror outbox list --state conflict`")
+            for _work, ops, merged in items:
+                for op in ops:
+                    conflicts = [c for c in merged.conflicts if c.op_id == op.id]
+                    if not conflicts:
+                        marks.append(Mark(op.id, "done"))
+                        continue
+                    for c in conflicts:
+                        outbox_store.add_conflict(
+                            s, op_id=op.id, run_pk=op.run_pk, kind=c.kind, key=c.key,
+                            base=c.base, local=c.local, remote=c.remote, now=now,
+                        )
+                    conflicted = [c.key for c in conflicts]
+                    if len(conflicted) == _n_keys(op):
+                        outbox_store.mark(
+                            s, op.id, "conflict", now=now,
+                            error=f"changed upstream since the edit: {', '.join(conflicted)}",
+                        )
+                    else:
+                        outbox_store.mark(s, op.id, "done", now=now,
+                                          payload={**op.payload, "conflicted": conflicted})
+            outbox_store.mark_many(s, marks, now=now)
+        for work, ops, merged in items:
+            with self._lock:
+                r = self.report
+                r.conflicts += len(merged.conflicts)
+                r.written += sum(len(v) for v in merged.written.values())
+                r.already += sum(len(v) for v in merged.already.values())
+                r.acked += sum(1 for op in ops if len(merged.conflicted(op.id)) < _n_keys(op))
+            if merged.conflicts:
+                names = ", ".join(f"{c.kind}.{c.key}" for c in merged.conflicts)
+                self._warn(f"{work.ref.path}: conflict on {names} (changed upstream since the "
+                           "edit); see `mirror outbox list --state conflict`")
 
     def _conflict_file(self, op: OpRecord, remote_md5: str | None) -> None:
         now = self.clock()
@@ -571,10 +601,8 @@ class Pusher:
             self.report.conflicts += 1
 
     def _ack(self, ops: list[OpRecord], *, written: int = 0, already: int = 0) -> None:
-        now = self.clock()
         with self.store.transaction() as s:
-            for op in ops:
-                outbox_store.mark(s, op.id, "done", now=now)
+            outbox_store.mark_many(s, [Mark(op.id, "done") for op in ops], now=self.clock())
         with self._lock:
             self.report.acked += len(ops)
             self.report.written += written
@@ -582,8 +610,8 @@ class Pusher:
 
     def _dead(self, ops: list[OpRecord], reason: str) -> None:
         with self.store.transaction() as s:
-            for op in ops:
-                outbox_store.mark(s, op.id, "failed", error=reason, now=self.clock())
+            outbox_store.mark_many(s, [Mark(op.id, "failed", error=reason) for op in ops],
+                                   now=self.clock())
         with self._lock:
             self.report.dead += len(ops)
             self.report.errors.append(reason)
@@ -593,19 +621,18 @@ class Pusher:
         reason = (f"run {work.ref.path} is still running upstream: its SDK may overwrite "
                   "the edit at finish; held (push --force writes anyway)")
         with self.store.transaction() as s:
-            for op in work.ops:
-                outbox_store.mark(s, op.id, "held", error=reason, attempts_delta=-1,
-                                  now=self.clock())
+            outbox_store.mark_many(
+                s, [Mark(op.id, "held", error=reason, attempts_delta=-1) for op in work.ops],
+                now=self.clock())
         self._warn(reason)
 
     def _release(self, works: list[_Work], kinds: Sequence[str] | None = None) -> None:
         """Give claimed ops back untouched (the queue paused before they were sent)."""
         with self.store.transaction() as s:
-            for work in works:
-                for op in work.ops:
-                    if kinds is None or op.kind in kinds:
-                        outbox_store.mark(s, op.id, "pending", error=self.report.paused,
-                                          attempts_delta=-1, now=self.clock())
+            outbox_store.mark_many(s, [
+                Mark(op.id, "pending", error=self.report.paused, attempts_delta=-1)
+                for work in works for op in work.ops if kinds is None or op.kind in kinds
+            ], now=self.clock())
 
     def _failed(self, ops: list[OpRecord], error: BaseException) -> None:
         """Mark ops from the error's class alone (see :func:`classify`)."""
@@ -617,25 +644,24 @@ class Pusher:
                 if self.report.paused is None:
                     self.report.paused = f"{message} (the queue is paused; nothing was lost)"
             with self.store.transaction() as s:
-                for op in ops:
-                    outbox_store.mark(s, op.id, "pending", error=message, attempts_delta=-1,
-                                      now=now)
+                outbox_store.mark_many(s, [Mark(op.id, "pending", error=message,
+                                                attempts_delta=-1) for op in ops], now=now)
             return
         if kind == "terminal":
             self._dead(ops, message)
             return
         hinted = getattr(error, "retry_after", None)
         dead: list[OpRecord] = []
+        marks: list[Mark] = []
+        note = "outcome unknown; read back before resend: " if kind == "ambiguous" else ""
+        for op in ops:
+            if op.attempts >= self.opts.max_attempts:
+                dead.append(op)
+                continue
+            delay = float(hinted) if isinstance(hinted, int | float) else self._backoff(op)
+            marks.append(Mark(op.id, "retry", error=note + message, next_attempt_at=now + delay))
         with self.store.transaction() as s:
-            for op in ops:
-                if op.attempts >= self.opts.max_attempts:
-                    dead.append(op)
-                    continue
-                delay = float(hinted) if isinstance(hinted, int | float) else self._backoff(op)
-                note = "outcome unknown; read back before resend: " if kind == "ambiguous" \
-                    else ""
-                outbox_store.mark(s, op.id, "retry", error=note + message,
-                                  next_attempt_at=now + delay, now=now)
+            outbox_store.mark_many(s, marks, now=now)
         if dead:
             self._dead(dead, f"gave up after {self.opts.max_attempts} attempts: {message}")
 
@@ -649,7 +675,8 @@ class Pusher:
             self.report.calls[what] = self.report.calls.get(what, 0) + 1
 
     def _warn(self, message: str) -> None:
-        log.warning("%s", message)
+        # INFO: the report carries the warning to whoever runs the push (CLI, daemon).
+        log.info("%s", message)
         with self._lock:
             self.report.warnings.append(message)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mirror.outbox import overlay
 from mirror.paths import run_storage_id
 from mirror.records import FileRecord, RunRecord
 from mirror.server.resolvers import history as hist
@@ -36,6 +37,8 @@ class RunNode:
 
     def __init__(self, rc: RequestContext, rec: RunRecord) -> None:
         assert rec.pk is not None
+        if not rc.server.authoritative:  # the drop-in shows its user's pending edits
+            overlay.overlay_records(rc.session, [rec])
         self.rc = rc
         self.rec = rec
         self.pk: int = rec.pk
@@ -150,6 +153,8 @@ class RunNode:
     # --- files ------------------------------------------------------------------------
 
     def file_count(self) -> int:
+        if not self.rc.server.authoritative and overlay.file_ops(self.rc.session, self.pk):
+            return len(overlay.view_files(self.rc.session, self.pk))
         return queries.count_files(self.rc.session, self.pk)
 
     def files(
@@ -169,6 +174,19 @@ class RunNode:
         wanted = [n for n in (names or []) if n is not None]
         limit = page_limit(first)
         session = self.rc.session
+        pending = [] if self.rc.server.authoritative else overlay.file_ops(session, self.pk)
+        if pending:  # the drop-in lists its user's pending uploads and deletes too
+            every = overlay.file_listing(session, self.pk, pending, names=wanted or None,
+                                         pattern=pattern)
+            start = name_after(after)
+            listed = [f for f in every if start is None or f.name > start]
+            more = limit is not None and len(listed) > limit
+            shown = listed[:limit] if limit is not None else listed
+            return Connection(
+                [FileNode(self.rc, self.rec, f) for f in shown],
+                [name_cursor(f.name) for f in shown], more, after is not None,
+                count=lambda: len(every),
+            )
         recs = queries.file_page(
             session,
             self.pk,
