@@ -58,10 +58,17 @@ SHARED_MISSING = (
 # A type absent from the reconstructed SDL is accepted only if all its fields are here.
 # Keep each entry justified: anything listed is a field W&B clients will not know about.
 #
-# Empty on purpose: the fields the protocol notes say to add for the sync daemon,
-# Run.updatedAt and Run.eventsLineCount (wandb-protocol.md sections 6 and 7), are already
-# in the reconstructed SDL with the types we use (DateTime, Int), so they need no entry.
-ADDED_FIELDS: dict[str, str] = {}
+# The fields the protocol notes say to add for the sync daemon, Run.updatedAt and
+# Run.eventsLineCount (wandb-protocol.md sections 6 and 7), are already in the
+# reconstructed SDL with the types we use (DateTime, Int), so they need no entry. The
+# ServerSettings types are what a real server answered in the logging capture.
+_SENDER = "wandb 0.22.3's Python sender (`wandb sync`) needs it (wandb-logging-protocol.md 4.2)"
+ADDED_FIELDS: dict[str, str] = {
+    "UpsertBucketPayload.serverSettings": _SENDER,
+    "ServerSettings.serverMessages": _SENDER,
+    **{f"ServerMessage.{f}": _SENDER
+       for f in ("utfText", "plainText", "htmlText", "messageType", "messageLevel")},
+}
 
 # What wandb-protocol.md section 7 and wandb-logging-protocol.md section 10 require from
 # a compatible server. Checked without shared/, so trimming the schema cannot drop them.

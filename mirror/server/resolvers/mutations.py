@@ -9,8 +9,10 @@ exactly as ``mirror.Api`` edits do, to be replayed by ``mirror push``. The whole
 ``upsertBucket`` carries are diffed against the user's view (upstream row + pending ops) in
 the write transaction, so only the keys the client changed are queued, each with the value
 it replaced. Runs that exist only locally (created here, not uploaded yet) are local truth:
-their edits apply to the row directly and the run's upload carries them. Deleting, stopping
-or re-stating a run, and creating projects, are not queued: they need ``--authoritative``.
+their edits apply to the row directly and the run's upload carries them. A run logged here
+stays so after its upload: resumed by the SDK, it is queued for a new upload (which sends
+only the lines upstream lacks) instead of as edits. Deleting, stopping or re-stating a
+run, and creating projects, are not queued: they need ``--authoritative``.
 
 ``upsertBucket`` carries FULL documents (``wandb-protocol.md`` 4.8/4.9): every input field
 with a value replaces the stored one; ``config``, ``summaryMetrics`` and ``tags`` are whole
@@ -30,7 +32,7 @@ from typing import Any
 from graphql import GraphQLError
 
 from mirror.errors import MirrorError, NotFoundError
-from mirror.outbox import edits, overlay
+from mirror.outbox import edits
 from mirror.outbox.ops import META_FIELDS
 from mirror.paths import run_storage_id, validate_run_file_name
 from mirror.records import FileRecord, ProjectRecord, RunRecord
@@ -100,18 +102,13 @@ class MutationRoot:
     def __init__(self, rc: RequestContext) -> None:
         self.rc = rc
 
-    def _run_node(self, run_pk: int) -> RunNode:
-        """The run as the client now sees it (pending edits laid over the stored row)."""
-        rec = overlay.view_run(self.rc.session, run_pk)
-        assert rec is not None
-        return RunNode(self.rc, rec)
-
     def _require_authoritative(self, what: str) -> None:
         if not self.rc.server.authoritative:
             raise MirrorError(
-                f"{what} is not queued offline by the mirror",
-                hint="Run it with wandb while online, or start `mirror serve "
-                "--authoritative` to apply it to this store directly.",
+                f"{what} is not queued offline by the mirror: it needs `mirror serve "
+                "--authoritative`",
+                hint="Run it with wandb while online, or start the server with "
+                "--authoritative to apply it to this store directly.",
             )
 
     # --- runs -------------------------------------------------------------------------
@@ -152,7 +149,11 @@ class MutationRoot:
                     created_at=now, heartbeat_at=now, username=rc.server.username,
                     user_name=rc.server.username, display_name=run_id, source="local",
                 )
-            queued = (local and not inserted and rec.pk is not None
+            # A run logged here (source "local") stays local truth after an upload too: a
+            # resumed run's new fields and lines go up as a new upload of the whole run
+            # (which sends only the lines upstream lacks), not as edits of an upstream run.
+            logged_here = local and rec.source == "local"
+            queued = (local and not inserted and not logged_here and rec.pk is not None
                       and edits.pending_create(s, rec.pk) is None)
             if queued:
                 assert rec.pk is not None
@@ -162,9 +163,12 @@ class MutationRoot:
                                      tags=given.get("tags"), meta=meta)
             else:
                 pk = _apply_upsert(s, rec, given, config, summary, now)
-                if local and inserted:
+                if (local and (inserted or logged_here)
+                        and (inserted or edits.pending_create(s, pk) is None)):
                     outbox_store.enqueue(s, pk, "create_run", {})
-        return {"bucket": self._run_node(pk), "inserted": inserted,
+        rec.pk = pk  # the row as written (a new run had no pk yet): no read-back needed
+        return {"bucket": RunNode(rc, rec), "inserted": inserted,
+                "serverSettings": {"serverMessages": []},
                 "clientMutationId": input.get("clientMutationId")}
 
     def delete_run(self, input: dict[str, Any]) -> dict[str, Any]:
