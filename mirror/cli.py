@@ -51,6 +51,15 @@ def _mount_commands() -> None:
     from mirror.commands.import_mlflow import app as import_app
 
     app.add_typer(import_app, name="import", help="Import runs from other systems (MLflow).")
+    from mirror.commands.ingest import app as ingest_app
+
+    app.add_typer(ingest_app, name="ingest", help="Ingest offline wandb runs (local runs).")
+    from mirror.commands import export, query
+
+    app.command("runs")(query.runs_cmd)
+    app.command("history")(query.history_cmd)
+    app.command("files")(query.files_cmd)
+    app.command("export")(export.export_cmd)
 
 
 _mount_commands()

@@ -45,6 +45,16 @@ def daemon_cmd(
         str | None, typer.Option("--mlflow-project", help="W&B project for every watched "
                                  "MLflow run (default: one per experiment).")
     ] = None,
+    watch_wandb: Annotated[
+        list[Path] | None,
+        typer.Option("--watch-wandb", help="Folder of offline wandb runs (wandb/, or the "
+                     "WANDB_DIR holding it) to ingest as local runs, new and growing ones "
+                     "(repeatable).")
+    ] = None,
+    wandb_project: Annotated[
+        str | None, typer.Option("--wandb-project", help="ENTITY/PROJECT (or PROJECT) for "
+                                 "watched offline runs (default: each run's own).")
+    ] = None,
     foreground: Annotated[
         bool, typer.Option("--foreground", help="Stay in the foreground and log to stderr "
                            "too (use this under systemd/launchd).")
@@ -76,7 +86,8 @@ def daemon_cmd(
     ] = None,
 ) -> None:
     """Keep the mirror current: pull projects, push the outbox, upload dropped files,
-    import watched MLflow stores. One daemon per store; SIGTERM/Ctrl-C stop it.
+    import watched MLflow stores, ingest watched offline wandb runs. One daemon per store;
+    SIGTERM/Ctrl-C stop it.
 
     Offline, it keeps working locally and retries the server with capped exponential
     backoff; `mirror status` shows what it does. Log: $MIRROR_HOME/logs/daemon.log.
@@ -96,6 +107,7 @@ def daemon_cmd(
             interval=interval, projects=tuple(project or ()),
             watch_mlflow=tuple(watch_mlflow or ()), mlflow_entity=mlflow_entity,
             mlflow_project=mlflow_project,
+            watch_wandb=tuple(str(p) for p in watch_wandb or ()), wandb_project=wandb_project,
             uploads_dir=uploads_dir.expanduser().resolve() if uploads_dir else None,
             settle=settle, max_backoff=max_backoff, pull=not no_pull, full_every=full_every)
         settings.require_api_key()

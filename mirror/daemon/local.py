@@ -5,6 +5,8 @@
   soon after file events;
 * :class:`MlflowWorker`: watched MLflow stores, imported into the store (debounced after
   each change, and on a timer); new runs wake the pusher, which uploads them.
+* :class:`WandbOfflineWorker`: watched ``wandb/`` folders of offline runs, ingested as
+  local runs (new and growing ones); changed runs wake the pusher.
 
 Same loop shape as :mod:`mirror.daemon.workers` (a stoppable thread per duty); none of
 them needs the network, so they keep working while the daemon is offline.
@@ -26,7 +28,7 @@ from mirror.errors import ConfigError, MirrorError
 from mirror.watch.drops import DropFolder
 from mirror.watch.targets import FileSignature, store_files
 
-__all__ = ["DropWorker", "EditWatcher", "MlflowTarget", "MlflowWorker"]
+__all__ = ["DropWorker", "EditWatcher", "MlflowTarget", "MlflowWorker", "WandbOfflineWorker"]
 
 log = logging.getLogger("mirror.daemon")
 
@@ -228,3 +230,112 @@ class MlflowWorker(StoppableThread):
             self.errors.log(logging.WARNING, f"mlflow {target.uri}: {len(failed)} run(s) "
                             f"failed, e.g. {failed[0].mlflow_run_id}: {failed[0].reason}")
         return dict(report.counts())
+
+
+# --- offline wandb runs ----------------------------------------------------------------------
+
+
+class WandbOfflineWorker(StoppableThread):
+    """Ingests the offline runs of watched ``wandb/`` folders (``mirror ingest wandb``), new
+    ones and growing ones, debounced after each change and on a timer; runs that changed
+    wake the pusher (the ingest queued their upload).
+
+    A run whose log and ``files/`` look unchanged since the last tick (size and mtime) is
+    not even opened; the ingester's own cursor makes any other re-ingest cheap (only the
+    new records are read) and idempotent.
+    """
+
+    def __init__(self, ctx: WorkerContext, folders: list[Path], on_ingested: Callable[[], None],
+                 *, project: str | None = None, quiet: float = 1.0,
+                 max_delay: float = 10.0) -> None:
+        super().__init__("mirror-daemon-wandb")
+        self.ctx = ctx
+        self.folders = folders
+        self.project = project
+        self.on_ingested = on_ingested
+        self.quiet = quiet
+        self.max_delay = max_delay
+        self._seen: dict[Path, tuple[Any, ...]] = {}
+        self._ingester: Any = None
+        self._entity_known = False
+        self._ticked = False
+        self.disabled: str | None = None
+
+    def next_delay(self) -> float | None:
+        return None if self.disabled else min(self.ctx.interval, 10.0)
+
+    def _make_ingester(self) -> Any:
+        from mirror.importers.namespace import Namespace
+        from mirror.ingest.offline import OfflineIngester
+
+        namespace = Namespace.from_path(self.project) if self.project else Namespace()
+        if not (namespace.entity or self.ctx.settings.entity):
+            entity = self.ctx.status.get().get("mlflow_entity")  # the key's owner, if known
+            if not entity and self.ctx.conn.online:
+                try:
+                    entity = self.ctx.probe_client.viewer().entity
+                except MirrorError as exc:
+                    if is_offline_error(exc):
+                        self.ctx.conn.failed(exc)
+            namespace = Namespace(str(entity) if entity else None, namespace.project)
+        self._entity_known = bool(namespace.entity or self.ctx.settings.entity)
+        return OfflineIngester(self.ctx.store, namespace=namespace, settings=self.ctx.settings)
+
+    def tick(self, fired: bool) -> None:
+        if self.disabled:
+            return
+        if fired and self._ticked:  # a run still writing fires events all the time
+            self.trigger.wait_quiet(self.quiet, self.max_delay,
+                                    lambda: not self.should_keep_running())
+        self._ticked = True
+        from mirror.ingest.folders import find_runs
+
+        started = _now()
+        totals: dict[str, int] = {}
+        errors: list[str] = []
+        try:
+            if self._ingester is None or not self._entity_known:  # offline: ask again
+                self._ingester = self._make_ingester()
+        except ConfigError as exc:  # the wandb extra is missing: nothing will change that
+            self.disabled = f"cannot ingest offline wandb runs: {exc.message} ({exc.hint})"
+            self.ctx.status.error("wandb", self.disabled)
+            log.error("%s", self.disabled)
+            return
+        for folder in self.folders:
+            try:
+                found = find_runs(folder, allow_empty=True) if folder.exists() else []
+            except MirrorError as exc:
+                errors.append(f"{folder}: {exc.message}")
+                continue
+            for run in found:
+                if not self.should_keep_running():
+                    return
+                sig = _run_signature(run.log, run.files_dir)
+                if self._seen.get(run.folder) == sig:
+                    continue
+                outcome = self._ingester.ingest_run(run)
+                totals[outcome.status] = totals.get(outcome.status, 0) + 1
+                if outcome.status == "failed":
+                    errors.append(f"{run.folder}: {outcome.problem}")
+                elif outcome.status != "empty":
+                    self._seen[run.folder] = sig
+        changed = sum(totals.get(k, 0) for k in ("new", "grew", "reread"))
+        if totals or errors:
+            self.ctx.status.update("last_ingest", at=started, ok=not errors,
+                                   seconds=round(_now() - started, 3), counts=totals,
+                                   error=errors[0] if errors else None)
+        if errors:
+            self.ctx.status.error("wandb", errors[0])
+            self.errors.log(logging.WARNING, f"wandb ingest: {errors[0]}")
+        if changed:
+            log.info("wandb: %s", ", ".join(f"{n} {k}" for k, n in sorted(totals.items())))
+            self.on_ingested()
+
+
+def _run_signature(log_file: Path, files_dir: Path) -> tuple[Any, ...]:
+    """``(mtime, size)`` of the log and of every file of ``files/``: changes when the SDK
+    writes anything the ingest reads."""
+    paths = [log_file]
+    if files_dir.is_dir():
+        paths.extend(sorted(p for p in files_dir.rglob("*")))
+    return (tuple(str(p) for p in paths), FileSignature.of(tuple(paths)))

@@ -10,6 +10,7 @@ Assembly (each part in its own module)::
                    edits   (another process committed: wake push)
                    drops   (upload drop folder: timer + file events)
                    mlflow  (watched MLflow stores: file events debounced + timer)
+                   wandb   (watched wandb/ folders of offline runs: the same)
       -> FsWatcher (watchdog): events only *poke* the workers above
 
 **Crash-only.** Nothing needs a clean shutdown to be correct: cursors and ops are
@@ -33,7 +34,13 @@ from types import FrameType
 from typing import Any
 
 from mirror.daemon.backoff import Backoff, Connectivity
-from mirror.daemon.local import DropWorker, EditWatcher, MlflowTarget, MlflowWorker
+from mirror.daemon.local import (
+    DropWorker,
+    EditWatcher,
+    MlflowTarget,
+    MlflowWorker,
+    WandbOfflineWorker,
+)
 from mirror.daemon.lock import DaemonLock, lock_path, network_filesystem
 from mirror.daemon.status import StatusBoard, log_path, read_status_file, status_path
 from mirror.daemon.threads import StoppableThread
@@ -63,6 +70,9 @@ class DaemonConfig:
     backoff (``max_backoff``), which bounds how long resumption takes after the network
     returns. ``projects``: ``ENTITY/PROJECT`` or ``ENTITY``; empty: every project synced
     before from this server. ``settle``: seconds a dropped file must stay unchanged.
+    ``watch_wandb``: folders of offline wandb runs (a ``wandb/`` folder or the folder
+    holding it, watched recursively) to ingest as local runs; ``wandb_project``:
+    ``ENTITY/PROJECT`` (or ``PROJECT``) for them.
     """
 
     interval: float = 60.0
@@ -70,6 +80,8 @@ class DaemonConfig:
     watch_mlflow: tuple[str, ...] = ()
     mlflow_entity: str | None = None
     mlflow_project: str | None = None
+    watch_wandb: tuple[str, ...] = ()
+    wandb_project: str | None = None
     uploads_dir: Path | None = None
     max_backoff: float | None = None
     min_backoff: float | None = None
@@ -142,6 +154,7 @@ class Daemon:
         self.edits: EditWatcher | None = None
         self.drops: DropWorker | None = None
         self.mlflow: MlflowWorker | None = None
+        self.wandb: WandbOfflineWorker | None = None
         self.stopped = threading.Event()
         self._started = False
         self._stop_lock = threading.Lock()
@@ -172,7 +185,9 @@ class Daemon:
                 "pid": os.getpid(), "started_at": time.time(), "stopped_at": None,
                 "store": self.store.where, "base_url": client.base_url,
                 "interval": interval, "projects": list(cfg.projects),
-                "watch_mlflow": list(cfg.watch_mlflow), "log_file": str(log_path(self.settings)),
+                "watch_mlflow": list(cfg.watch_mlflow), "watch_wandb": list(cfg.watch_wandb),
+                "last_ingest": previous.get("last_ingest"),
+                "log_file": str(log_path(self.settings)),
                 "online": True, "offline_since": None, "last_error": previous.get("last_error"),
                 "last_pull": previous.get("last_pull"), "last_push": previous.get("last_push"),
                 "last_import": previous.get("last_import"),
@@ -266,6 +281,10 @@ class Daemon:
                        for uri in cfg.watch_mlflow]
             self.mlflow = MlflowWorker(ctx, targets, push.poke)
             self.workers.append(self.mlflow)
+        if cfg.watch_wandb:
+            folders = [Path(p).expanduser().resolve() for p in cfg.watch_wandb]
+            self.wandb = WandbOfflineWorker(ctx, folders, push.poke, project=cfg.wandb_project)
+            self.workers.append(self.wandb)
 
     def _went_offline(self, ctx: WorkerContext) -> None:
         """Offline, only the probe has a next attempt; pull and push wait for it."""
@@ -291,6 +310,10 @@ class Daemon:
                 elif target is not None:
                     log.warning("MLflow store %s: %s does not exist (yet); importing on the "
                                 "timer only", uri, target.path)
+        if self.wandb is not None:
+            worker = self.wandb
+            for folder in worker.folders:  # a missing folder: the timer finds it later
+                watches.append(Watch(folder, lambda _p: worker.poke(), recursive=True))
         self.watcher.start(watches)
 
     # --- stop ----------------------------------------------------------------------------

@@ -113,10 +113,10 @@ def daemon_status(settings: Settings, *, now: float | None = None) -> dict[str, 
     Keys (all present; values None when unknown): ``running`` (bool, from the OS lock),
     ``pid``, ``started_at``, ``stopped_at``, ``clean_stop`` (False when the last daemon
     died without stopping, e.g. SIGKILL: harmless, the next start recovers), ``online``,
-    ``offline_since``, ``last_pull``, ``last_push``, ``last_import`` (dicts with ``at``,
-    ``ok`` and counts), ``next_attempt`` (epoch seconds of the next network attempt) and
-    ``next_attempt_in`` (seconds), ``last_error`` (``{at, where, message}``), ``uploads``
-    (drop folder: ``dir``, ``ingested``, ``unknown`` and ``rejected`` files),
+    ``offline_since``, ``last_pull``, ``last_push``, ``last_import``, ``last_ingest`` (dicts
+    with ``at``, ``ok`` and counts), ``next_attempt`` (epoch seconds of the next network
+    attempt) and ``next_attempt_in`` (seconds), ``last_error`` (``{at, where, message}``),
+    ``uploads`` (drop folder: ``dir``, ``ingested``, ``unknown`` and ``rejected`` files),
     ``log_file``, ``status_file``, ``lock_file``. Times are epoch seconds.
     """
     now = time.time() if now is None else now
@@ -136,6 +136,7 @@ def daemon_status(settings: Settings, *, now: float | None = None) -> dict[str, 
         "last_pull": data.get("last_pull"),
         "last_push": data.get("last_push"),
         "last_import": data.get("last_import"),
+        "last_ingest": data.get("last_ingest"),
         "next_attempt": None,
         "next_attempt_in": None,
         "last_error": data.get("last_error"),
@@ -204,6 +205,9 @@ def format_status(info: Mapping[str, Any], *, now: float | None = None) -> list[
     lines.append(f"last push: {_when(push.get('at'), now)}{push_note}")
     if isinstance(imp, dict):
         lines.append(f"last mlflow import: {_when(imp.get('at'), now)}")
+    ingest = info.get("last_ingest")
+    if isinstance(ingest, dict):
+        lines.append(f"last wandb offline ingest: {_when(ingest.get('at'), now)}")
     if info.get("running"):
         lines.append(f"next attempt: {_when(info.get('next_attempt'), now)}")
     err = info.get("last_error")
