@@ -75,10 +75,20 @@ def loads_wire(text: str | bytes) -> Any:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
-    return json.loads(text) if _has_wide_float(value) else value
+    return json.loads(text) if has_wide_float(value) else value
 
 
-def _has_wide_float(value: Any) -> bool:
+def has_wide_float(value: Any) -> bool:
+    """Whether orjson's result holds a float that may have been an integer beyond 64 bits
+    (then the text must be parsed again exactly)."""
+    if type(value) is dict and value:
+        # A history row: a flat dict of numbers, checked by min/max in C; anything else
+        # (strings, nested values: a TypeError) takes the walk below.
+        try:
+            if min(value.values()) > -_WIDE and max(value.values()) < _WIDE:
+                return False
+        except TypeError:
+            pass
     stack = [value]
     while stack:
         item = stack.pop()
