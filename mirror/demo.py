@@ -98,6 +98,14 @@ def _query(store: Any, entity: str, project: str, say: Any, quiet: bool) -> dict
     best = sweeps[0].best_run() if sweeps else None
     if best is not None:
         say(f"5. sweep {sweeps[0].id}: best run {best.id} ({best.name})")
+        rows = best.history(keys=["loss", "acc"], samples=5, pandas=False)
+        hist = Table(title=f"   run.history(keys=['loss', 'acc'], samples=5) of {best.id}")
+        for col in ("_step", "loss", "acc"):
+            hist.add_column(col)
+        for row in rows:
+            hist.add_row(str(row.get("_step")), _fmt(row.get("loss")), _fmt(row.get("acc")))
+        if not quiet:
+            say(hist)
     return {"finished_runs": len(finished), "best_run": best.id if best else None}
 
 
