@@ -6,6 +6,7 @@ migrated SQLite file; the request log of the server counts exactly what crossed 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -27,7 +28,7 @@ from mirror.server.http import apply_file_stream, store_uploaded_file
 from mirror.server.seed import SeedResult, generate, seed_demo
 from mirror.server.testing import RunningServer, serve_in_thread
 from mirror.settings import Settings
-from mirror.store import Store, blobs, history, open_store, runs
+from mirror.store import Store, blobs, history, open_store, runs, syncstate
 from mirror.store.codec import dumps
 from mirror.sync.engine import SyncOptions
 from mirror.sync.policy import FilePolicy
@@ -281,6 +282,31 @@ def test_full_sync_tombstones_deleted_runs_and_keeps_their_data(
         assert rec is not None and rec.tombstoned and rec.pk is not None
         assert history.history_bounds(s, rec.pk)[0] > 0, "a tombstoned run lost its history"
         assert victim not in {r.run_id for r in runs.query_runs(s, res.entity, res.project)}
+
+
+def test_a_file_deleted_then_uploaded_again_with_the_same_bytes_comes_back(
+        upstream: tuple[Store, SeedResult], server: RunningServer, store: Store) -> None:
+    """A file seen deleted (tombstoned here), then uploaded again upstream with the same
+    bytes within the same second: md5, size and the second-resolution updatedAt all equal
+    the tombstoned row's, and the file must still come back (found by the outbox model
+    test). The in-between sync is set up directly, so the second cannot tick over."""
+    up, res = upstream
+    target = f"{res.entity}/{res.project}"
+    run_id = res.run_ids[1]
+    data = b"same bytes, twice"
+    store_uploaded_file(up, res.entity, res.project, run_id, "again.txt", io.BytesIO(data),
+                        size=len(data))
+    assert do_sync(store, server, [target]).ok
+    with store.transaction() as s:  # what a sync between the delete and the re-upload left
+        pk = runs.run_pk(s, res.entity, res.project, run_id)
+        assert pk is not None
+        syncstate.tombstone_files(s, pk, ["again.txt"])
+        syncstate.set_listing_hash(s, pk, "listed while the file was gone")
+    assert do_sync(store, server, [target], full=True).ok
+    with store.session() as s:
+        files = {f.name: f for f in runs.list_files(s, pk)}
+    assert "again.txt" in files, "the re-uploaded file stayed tombstoned"
+    assert files["again.txt"].md5 == base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
 def test_rewound_history_is_refetched_and_swapped(

@@ -103,12 +103,17 @@ def tombstone_runs(session: Session, run_pks: list[int]) -> int:
 
 def file_states(session: Session, run_pk: int) -> dict[str, tuple[str | None, int | None,
                                                                  str | None, str | None]]:
-    """``name -> (md5, size, updated_at, blob_hash)`` of a run's stored files."""
+    """``name -> (md5, size, updated_at, blob_hash)`` of a run's live stored files.
+
+    Tombstoned rows are left out: a file deleted upstream and then uploaded again with
+    the same bytes in the same second matches its tombstone's md5, size and updatedAt,
+    and must still be written back as live.
+    """
     rows = session.execute(
         select(
             col(RunFile.name), col(RunFile.md5), col(RunFile.size_bytes),
             col(RunFile.updated_at), col(RunFile.blob_hash),
-        ).where(col(RunFile.run_pk) == run_pk)
+        ).where(col(RunFile.run_pk) == run_pk, col(RunFile.tombstoned).is_(False))
     ).all()
     return {name: (md5, size, upd, blob) for name, md5, size, upd, blob in rows}
 
