@@ -3,8 +3,41 @@
 The store under test is built with the recipe of section 9 of
 ``../shared/reference/mlflow-importer.md`` (small sizes), once per module, on
 ``sqlite:///`` in a temp dir. Every item of the defect list (section 8) has a test here,
-named ``test_defect_NN_...``; the upload half of items 4 and 12 is in
-``test_importer_mlflow_upload.py``.
+named ``test_defect_NN_...``; the upload half (what W&B's official client then sees) is in
+``test_importer_mlflow_upload.py`` ("upload" below), which also runs a real ``mlflow
+server`` on 127.0.0.1.
+
+Section 8 item -> test(s):
+
+  1 1005 runs in one experiment, all imported     test_defect_01_more_than_1000_runs_...
+                                                   (slow), test_defect_01a_listing_...
+  2 deleted runs / experiments: option + trace     test_defect_02_deleted_runs_and_...
+  3 several values at one step all kept            test_defect_03_several_values_at_...
+  4 rows in step order, _timestamp, _runtime       test_defect_04_history_rows_in_step_...
+                                                   upload: test_import_with_upload_...
+  5 NaN and +/-inf survive (numpy 2)               test_defect_05_nan_and_infinities_...
+                                                   upload: test_real_mlflow_server_...
+  6 created_at = MLflow start; runtime of RUNNING  test_defect_06_created_at_from_...
+                                                   upload: check_upstream (startedAt);
+                                                   xfail test_upstream_created_at_... (W&B's
+                                                   UpsertBucketInput has no createdAt)
+  7 status -> state (not all "finished")           test_defect_07_status_becomes_state
+                                                   upload: test_import_with_upload_...
+  8 mlflow.* tags: commit, user, program, parent   test_defect_08_system_tags_are_mapped
+  9 short tags -> W&B tags, every tag lossless     test_defect_09_tags_short_ones_as_...
+ 10 entity = configured one, never the MLflow user test_defect_10_entity_is_the_...
+ 11 artifacts: paths, sizes, bytes, empty/unicode  test_defect_11_artifacts_keep_paths_...
+    files, no artifact for none, MLflow 3 logged   test_defect_11b_same_named_runs_keep_...
+    models, no collisions, no temp files left      fixture ``imported`` (temp dir empty)
+ 12 re-import idempotent, only changes refetched,  test_defect_12_reimport_is_idempotent_...
+    409 deleted-upstream reported + remap          upload: test_importing_twice_sends_...,
+                                                   test_a_run_deleted_upstream_is_...
+ 13 one failing run never aborts or hides others   test_defect_13_one_failing_run_never_...
+ 14 no process-global tracking URI                 test_defect_14_no_process_global_...
+ 15 sequential on sqlite, concurrent over HTTP     test_defect_15_histories_sequential_...
+                                                   test_bulk_history_failures_fall_back_...
+                                                   upload: test_real_mlflow_server_...
+ 16 documented constructor / collect / MlflowRun   test_defect_16_documented_api_forms
 """
 
 from __future__ import annotations
@@ -202,10 +235,25 @@ def write_tree(d: Path) -> None:
 def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty, migrated MLflow sqlite database, copied by tests that need a fresh one
     (MLflow's migrations take ~1 s per new file)."""
+    return make_mlflow_template(tmp_path_factory.mktemp("mlflow-template"))
+
+
+def make_mlflow_template(where: Path) -> Path:
+    """MLflow's own migrations on a new file, then a copy switched to WAL (a persistent
+    file setting): the real client writes through it with one sync per commit instead of
+    a rollback journal's several, which makes building 1,005 runs about twice as fast."""
+    import sqlite3
+
     from mlflow import MlflowClient
 
-    path = tmp_path_factory.mktemp("mlflow-template") / "empty.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
+    MlflowClient(f"sqlite:///{where / 'migrated.db'}").search_experiments()
+    path = where / "empty.db"
+    shutil.copy(where / "migrated.db", path)  # MLflow's engine may still hold the first
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    finally:
+        conn.close()  # the last connection: no -wal file is left beside it
     return path
 
 
@@ -300,6 +348,25 @@ def stored_points(store: Store, report: RunReport) -> dict[str, list[mm.Point]]:
 # --- section 8, item by item ---------------------------------------------------------------
 
 
+def test_defect_01a_listing_follows_every_page_token(
+    recipe: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """The paging loop itself, fast: small pages over the recipe (the 1,005-run case with
+    MLflow's default page of 1,000 is the slow test below)."""
+    uri, ids = recipe
+    db = tmp_path / "m.db"
+    with MlflowImporter(mlflow_tracking_uri=uri, store=db, settings=settings_for(db)) as imp:
+        exps = list(imp.source.iter_experiments(page_size=1))
+        # one request per page: MLflow sends no token after the last full page
+        assert len(exps) == 4 and imp.source.calls["search_experiments"] == 4
+        runs = list(imp.source.iter_runs([e.experiment_id for e in exps], page_size=4))
+    # every run, deleted ones and the deleted experiment's included (ViewType.ALL)
+    assert sorted(r.info.run_id for r in runs) == sorted(
+        v for k, v in ids.items() if k != "logged-model-id")
+    assert imp.source.calls["search_runs"] == math.ceil(len(runs) / 4) > 1
+
+
+@pytest.mark.slow  # ~1,000 real create_run calls; it cannot shrink below MLflow's cap
 def test_defect_01_more_than_1000_runs_are_all_collected_and_imported(
     tmp_path: Path, mlflow_template: Path
 ) -> None:
@@ -501,6 +568,32 @@ def test_defect_11_artifacts_keep_paths_sizes_and_bytes(
     assert models[0]["model_id"] == ids["logged-model-id"] and models[0]["step"] == 3
 
 
+def test_defect_11b_same_named_runs_keep_their_own_artifacts(
+    tmp_path: Path, mlflow_template: Path
+) -> None:
+    """W&B's importer named the artifact after the display name: two runs called the same
+    became versions of one another. Here files belong to their run."""
+    from mlflow import MlflowClient
+
+    uri = fresh_mlflow(mlflow_template, tmp_path / "ml")
+    c = MlflowClient(uri)
+    e = c.create_experiment("exp", artifact_location=str(tmp_path / "art"))
+    rids = []
+    for i in range(2):
+        r = c.create_run(e, start_time=T0, run_name="same")
+        c.log_text(r.info.run_id, f"output of run {i}", "out.txt")
+        c.set_terminated(r.info.run_id, "FINISHED")
+        rids.append(r.info.run_id)
+    db = tmp_path / "m.db"
+    with MlflowImporter(mlflow_tracking_uri=uri, store=db, settings=settings_for(db)) as imp:
+        report = imp.import_runs(imp.collect_runs(), upload=False)
+        by_id = {r.mlflow_run_id: r for r in report}
+        assert len({r.path for r in report}) == 2
+        for i, rid in enumerate(rids):
+            _rec, _rows, files = local(imp.store, by_id[rid])
+            assert files[mm.ARTIFACTS_PREFIX + "out.txt"] == f"output of run {i}".encode()
+
+
 def test_defect_12_reimport_is_idempotent_and_updates_only_what_changed(
     tmp_path: Path, mlflow_template: Path
 ) -> None:
@@ -606,14 +699,72 @@ def test_defect_14_no_process_global_tracking_uri(
     assert mlflow.get_tracking_uri() == before
 
 
-def test_defect_15_histories_sequential_on_local_stores_concurrent_over_http() -> None:
+def test_defect_15_histories_sequential_on_local_stores_concurrent_over_http(
+    recipe: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    import threading
+
+    from mlflow import MlflowClient
+
     from mirror.importers.mlflow_read import MlflowSource
 
     assert MlflowSource("sqlite:////tmp/x.db").key_workers == 1
     assert MlflowSource("file:///tmp/mlruns").key_workers == 1
     assert MlflowSource("http://127.0.0.1:5000").key_workers == 8
     assert MlflowSource("databricks").remote
-    # the HTTP path itself runs against a real `mlflow server` in the upload test module
+    # sqlite: the 300 keys of the wide run, one call each, in the importing thread
+    uri, ids = recipe
+    db = tmp_path / "m.db"
+    with MlflowImporter(mlflow_tracking_uri=uri, store=db, settings=settings_for(db)) as imp:
+        real = imp.source.metric_history
+        threads: list[str] = []
+
+        def recorded(run_id: str, key: str) -> list[mm.Point]:
+            threads.append(threading.current_thread().name)
+            return real(run_id, key)
+
+        imp.source.metric_history = recorded  # type: ignore[method-assign]
+        report = imp.import_runs([MlflowClient(uri).get_run(ids["wide"])], artifacts=False,
+                                 upload=False)
+    assert report.counts() == {"imported": 1}
+    assert len(threads) == 300 and set(threads) == {threading.current_thread().name}
+    # the HTTP path (bulk, and the bounded per-key pool) runs against a real
+    # `mlflow server` in test_importer_mlflow_upload.py::test_real_mlflow_server_...
+
+
+def test_bulk_history_failures_fall_back_per_key_and_only_a_missing_endpoint_is_final(
+) -> None:
+    """A transient bulk failure (a busy server) costs one window the per-key path; only a
+    server without the endpoint turns bulk off. The real 404 and the real bulk path run
+    against `mlflow server` in the upload module."""
+    from mlflow.exceptions import MlflowException
+
+    from mirror.importers.mlflow_read import MlflowSource
+
+    source = MlflowSource("http://127.0.0.1:9")
+    wants = [("r1", {"k": 10}), ("r2", {"k": 10})]
+
+    def busy(key: str, run_ids: list[str]) -> list[dict[str, Any]]:
+        raise MlflowException("bulk history: HTTP 503")
+
+    source._bulk_request = busy  # type: ignore[method-assign]
+    assert source.prefetch(wants) == 0
+    assert source.bulk and "503" in (source.bulk_error or "")
+
+    def answers(key: str, run_ids: list[str]) -> list[dict[str, Any]]:
+        return [{"run_id": r, "key": key, "step": 0, "timestamp": 1, "value": 1.0}
+                for r in run_ids]
+
+    source._bulk_request = answers  # type: ignore[method-assign]
+    assert source.prefetch(wants) == 2  # the next window uses bulk again
+
+    def missing(key: str, run_ids: list[str]) -> list[dict[str, Any]]:
+        source._bulk_unsupported = True
+        raise MlflowException("bulk history: HTTP 404 (the server has no bulk endpoint)")
+
+    source._bulk_request = missing  # type: ignore[method-assign]
+    assert source.prefetch([("r3", {"k": 10})]) == 0 and not source.bulk
+    source.close()
 
 
 def test_defect_16_documented_api_forms(

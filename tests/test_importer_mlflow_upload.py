@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from mirror.commands.push import app as push_app
 from mirror.errors import EditRejected
 from mirror.importers import mlflow_map as mm
+from mirror.importers import mlflow_read
 from mirror.importers.mlflow import ImportReport, MlflowImporter
 from mirror.outbox.upload_run import (
     RunDeletedUpstream,
@@ -37,6 +41,7 @@ from mirror.outbox.upload_run import (
 )
 from mirror.settings import Settings, sqlite_url
 from mirror.store import Store, blobs, history, open_store
+from mirror.store import outbox as outbox_store
 from mirror.store import runs as store_runs
 from mirror.upstream.client import WandbClient
 from mirror.upstream.http import RetryPolicy, make_session
@@ -49,6 +54,7 @@ from test_importer_mlflow import (  # noqa: E402
     T0,
     build_recipe,
     fresh_mlflow,
+    make_mlflow_template,
     mlflow_points,
     same_points,
     stored_points,
@@ -66,11 +72,7 @@ PROJECT = "from-mlflow"
 
 @pytest.fixture(scope="module")
 def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "empty.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
+    return make_mlflow_template(tmp_path_factory.mktemp("mlflow-template"))
 
 
 @pytest.fixture(scope="module")
@@ -267,19 +269,34 @@ def test_offline_import_completes_and_a_later_upload_sends_it(
         assert all("connection" in (r.upload_reason or "") for r in report if r.upload)
         with imp.store.session() as s:  # queries see the runs at once
             local = store_runs.query_runs(s, entity, "edge-cases")
+            queued = outbox_store.list_ops(s, kinds=["create_run"], states=["pending"])
         assert {r.display_name for r in local} >= {"plain", "weird-metrics", "parent"}
-        store = imp.store
-        with serve_in_thread(upstream[0], authoritative=True) as srv:
-            pending = pending_uploads(store, srv.url)
-            assert len(pending) == 17
-            with client_for(srv) as client:
-                for pk in pending:
-                    upload_run(store, client, pk)
-            assert pending_uploads(store, srv.url) == []
+        assert len(queued) == 17  # one upload per run, queued with the import
+        # ... and so does the offline `mirror.Api` (wandb.Api-shaped, reads the store)
+        from mirror.api import Api
+
+        offline = Api(settings=settings(db, dead, "k" * 40, entity), store=imp.store)
+        names = {r.name for r in offline.runs(f"{entity}/edge-cases")}
+        assert {"plain", "weird-metrics", "parent"} <= names
+    with serve_in_thread(upstream[0], authoritative=True) as srv:
+        with importer(uri, db, srv, entity) as imp:
+            assert len(pending_uploads(imp.store, srv.url)) == 17
+        # the later `mirror push`: the queued create_run ops upload every run
+        result = CliRunner().invoke(push_app, ["--json", "--store", str(db)],
+                                    env={"WANDB_BASE_URL": srv.url,
+                                         "WANDB_API_KEY": srv.api_key})
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["acked"] == 17
+        with importer(uri, db, srv, entity) as imp:
+            assert pending_uploads(imp.store, srv.url) == []
+            with imp.store.session() as s:
+                assert outbox_store.list_ops(s, states=["pending", "retry", "failed"]) == []
             api = wandb.Api(overrides={"base_url": srv.url}, api_key=srv.api_key)
             for rep in report:
                 rep.upload = "uploaded"
-            assert check_upstream(api, store, report, tmp_path / "dl") == 17
+            assert check_upstream(api, imp.store, report, tmp_path / "dl") == 17
+            again = imp.import_runs(imp.collect_runs())  # nothing left to send
+            assert again.counts() == {"unchanged": 17, "upload_unchanged": 17, "skipped": 2}
 
 
 def test_upload_resumes_after_a_crash_without_duplicates(
@@ -372,9 +389,28 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Generous on purpose: on a loaded 2-core CI box `mlflow server` (python start-up, the
+# FastAPI app, the store) took longer than the 45 s this used to allow; readiness is
+# detected by polling, so a fast start costs nothing.
+SERVER_START_S = 240.0
+
+
+def _answers(url: str) -> bool:
+    """The tracking API itself answers (``/health`` can be up before the store is)."""
+    req = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search",
+                                 data=b'{"max_results": 1}', method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def mlflow_server(tmp_path: Path, mlflow_template: Path) -> Iterator[str]:
-    """``mlflow server`` on 127.0.0.1 (a subprocess group, always terminated)."""
+    """``mlflow server`` on 127.0.0.1 (a subprocess group, always terminated), ready:
+    its health check and its tracking API both answered."""
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     port = _free_port()
     shutil.copy(mlflow_template, tmp_path / "server.db")  # migrated: starts faster
@@ -387,11 +423,11 @@ def mlflow_server(tmp_path: Path, mlflow_template: Path) -> Iterator[str]:
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 45
+        deadline = time.monotonic() + SERVER_START_S
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
-                    if resp.status == 200:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+                    if resp.status == 200 and _answers(url):
                         break
             except OSError:
                 pass
@@ -412,7 +448,7 @@ def mlflow_server(tmp_path: Path, mlflow_template: Path) -> Iterator[str]:
 @pytest.mark.slow
 def test_real_mlflow_server_import_and_upload(
     mlflow_server: str, server: RunningServer, upstream: tuple[Store, SeedResult],
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
@@ -438,10 +474,13 @@ def test_real_mlflow_server_import_and_upload(
     with importer(mlflow_server, tmp_path / "local.db", server, upstream[1].entity) as imp:
         assert imp.source.remote and imp.source.key_workers == 8
         report = imp.import_runs(imp.collect_runs())
-        assert report.ok and report.counts()["imported"] == 2
+        why = [(r.run_name, r.reason, r.upload, r.upload_reason) for r in report]
+        assert report.ok and report.counts()["imported"] == 2, why
         # MLflow's bulk endpoint: one request per key for both runs, none per key and run
-        assert imp.source.calls["get_metric_history_bulk"] == 15
-        assert imp.source.calls["get_metric_history"] == 0
+        # (a transient bulk failure would show here, with its reason)
+        assert imp.source.bulk_error is None, imp.source.bulk_error
+        assert imp.source.calls["get_metric_history_bulk"] == 15, dict(imp.source.calls)
+        assert imp.source.calls["get_metric_history"] == 0, dict(imp.source.calls)
         by_name = {x.run_name: x for x in report}
         rep = by_name["http-run"]
         assert same_points(stored_points(imp.store, rep), mlflow_points(mlflow_server,
@@ -456,11 +495,25 @@ def test_real_mlflow_server_import_and_upload(
         assert check_upstream(api, imp.store, report, tmp_path / "dl") == 2
         again = imp.import_runs(imp.collect_runs())
         assert again.counts() == {"unchanged": 2, "upload_unchanged": 2}
-    # a server without the bulk endpoint: one call per key, by the bounded pool, same data
+    # a server without the bulk endpoint (a real 404 from it): bulk is turned off after
+    # one refused request, and every key comes one call each by the bounded pool
+    monkeypatch.setattr(mlflow_read, "BULK_ENDPOINT", "/ajax-api/2.0/mlflow/metrics/nope")
     with importer(mlflow_server, tmp_path / "other.db", None, "e") as imp2:
-        imp2.source.bulk = False
+        real = imp2.source.metric_history
+        threads: list[str] = []
+
+        def recorded(run_id: str, key: str) -> list[mm.Point]:
+            threads.append(threading.current_thread().name)
+            return real(run_id, key)
+
+        imp2.source.metric_history = recorded  # type: ignore[method-assign]
         report2 = imp2.import_runs(imp2.collect_runs(), upload=False)
-        assert imp2.source.calls["get_metric_history"] == 15
+        assert threads and all(t.startswith("mirror-mlflow-keys") for t in threads), threads
+        why = [(r.run_name, r.status, r.reason) for r in report2]
+        assert report2.ok and report2.counts() == {"imported": 2}, why
+        assert not imp2.source.bulk and "no bulk endpoint" in (imp2.source.bulk_error or "")
+        assert imp2.source.calls["get_metric_history_bulk"] >= 1
+        assert imp2.source.calls["get_metric_history"] == 15, dict(imp2.source.calls)
         rep2 = next(x for x in report2 if x.run_name == "http-run")
         assert same_points(stored_points(imp2.store, rep2), mlflow_points(mlflow_server,
                                                                             r.info.run_id))

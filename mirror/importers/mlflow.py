@@ -19,9 +19,11 @@ The API of W&B's removed importer, in both of its documented forms::
 Two phases. **Phase 1** needs no W&B network: each run is read from MLflow and written to
 the local store in ONE transaction (run row, history, files as blobs, import-map row with
 the fingerprint of the source state), so queries see it at once and a crash never leaves
-half a run. **Phase 2** (``upload=True``, when the destination answers) hands each run to
-:func:`mirror.outbox.upload_run.upload_run`; offline, the import still completes and the
-report says the upload is pending (``mirror push`` or a later ``upload_run`` sends it).
+half a run; the same transaction queues the run's upload as an outbox ``create_run`` op.
+**Phase 2** (``upload=True``, when the destination answers) hands each run to
+:func:`mirror.outbox.upload_run.upload_run` and marks its op done; offline, the import
+still completes, the report says the upload is pending, and ``mirror push`` (or the
+daemon) sends the queued op later.
 
 Idempotent: the W&B run id is derived from (tracking URI, MLflow run id) and kept in the
 import map; a re-import of an unchanged run reads only the listing (``unchanged``, nothing
@@ -50,6 +52,7 @@ from mirror.importers import mlflow_map as mm
 from mirror.importers.mlflow_map import ImportReport, RunReport
 from mirror.importers.mlflow_read import MlflowSource, point_estimates
 from mirror.importers.namespace import Namespace
+from mirror.outbox.edits import pending_create
 from mirror.outbox.upload_run import (
     UploadOutcome,
     make_upload_client,
@@ -60,6 +63,7 @@ from mirror.paths import run_storage_id, validate_run_file_name, wandb_time
 from mirror.records import FileRecord
 from mirror.settings import Settings
 from mirror.store import Store, blobs, history, imports, open_store
+from mirror.store import outbox as outbox_store
 from mirror.store import runs as store_runs
 
 __all__ = ["ImportReport", "MlflowImporter", "MlflowRun", "Namespace", "RunReport"]
@@ -69,6 +73,7 @@ _BATCH = 5000
 # run fields that depend on the history rows, set once they are written
 _AFTER_ROWS = ("summary", "group_name", "heartbeat_at", "updated_at", "history_line_count",
                "last_step", "history_keys", "file_count")
+_WAITING_OPS = ("pending", "retry")  # a create_run op in these states will still be sent
 Progress = Callable[[str, "RunReport"], None]
 
 
@@ -413,6 +418,7 @@ class MlflowImporter:
                               file_count=file_count)
         store_runs.update_run(s, pk, **{k: getattr(rec, k) for k in _AFTER_ROWS})
         imports.put_import(s, SYSTEM, self.source_uri, src.run_id, pk, fingerprint)
+        _queue_upload(s, pk)
         report.rows, report.points, report.files = stats.rows, stats.points, file_count
         return pk
 
@@ -527,6 +533,8 @@ class MlflowImporter:
         def done(outcome: UploadOutcome) -> None:
             r = by_pk[outcome.run_pk]
             r.upload, r.upload_reason = outcome.status, outcome.reason
+            if outcome.status in ("uploaded", "unchanged"):
+                self._ack_upload(outcome.run_pk)
             if progress is not None and outcome.status != "unchanged":
                 progress("upload", r)
 
@@ -541,3 +549,20 @@ class MlflowImporter:
         upload_runs(self.store, client, list(by_pk), on_done=done,
                     remap=remap if remap_deleted else None)
 
+    def _ack_upload(self, run_pk: int) -> None:
+        """The run is upstream at its current state: its queued ``create_run`` op is done
+        (``mirror push`` would find nothing left to send for it)."""
+        with self.store.transaction() as s:
+            ops = outbox_store.list_ops(s, run_pk=run_pk, kinds=["create_run"])
+            outbox_store.mark_many(s, [outbox_store.Mark(op.id, "done") for op in ops
+                                       if op.state in _WAITING_OPS])
+
+
+def _queue_upload(session: Any, run_pk: int) -> None:
+    """Queue the run's upload as an outbox ``create_run`` op, in the import's own
+    transaction, unless one is already waiting: ``mirror push`` and the daemon send it
+    whenever the destination answers (``import_runs(upload=True)`` sends it at once when
+    it can, then marks it done)."""
+    op = pending_create(session, run_pk)
+    if op is None or op.state not in _WAITING_OPS:
+        outbox_store.enqueue(session, run_pk, "create_run", {})

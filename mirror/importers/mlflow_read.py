@@ -57,6 +57,7 @@ BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 BULK_MAX_POINTS = 25000  # the server's cap per request (MAX_HISTORY_RESULTS)
 BULK_MAX_RUNS = 100  # MLflow's SEARCH_MAX_RESULTS_DEFAULT; every store accepts it
 DEFAULT_REMOTE_WORKERS = 8
+_BULK_UNSUPPORTED = frozenset({400, 404, 405, 501})  # no such endpoint (or not this shape)
 
 
 def _mlflow_error_types() -> tuple[type[BaseException], ...]:
@@ -121,6 +122,10 @@ class MlflowSource:
         self.bulk = self.tracking_uri.lower().startswith(("http://", "https://"))
         self._cache: dict[tuple[str, str], list[Point]] = {}
         self._host_creds: Any = None
+        # why the last bulk request failed (None: never); the server lacking the endpoint
+        # turns bulk off for good, anything else only for the window it happened in
+        self.bulk_error: str | None = None
+        self._bulk_unsupported = False
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -370,8 +375,11 @@ class MlflowSource:
         into a cache that :meth:`metric_histories` reads first. Returns the number of
         histories cached. Lossless: a request that hits the server's cap keeps only the
         runs that certainly came whole and asks again for the rest; a run too big for one
-        request is left to the per-key path (which pages). Any failure turns the bulk
-        path off for this source (old servers, proxies), never an import.
+        request is left to the per-key path (which pages). A server without the endpoint
+        (old servers, proxies: 400/404/405/501) turns the bulk path off for this source;
+        any other failure (a timeout under load, a 5xx after MLflow's retries) leaves this
+        window's histories to the per-key path and keeps bulk for the next window. Neither
+        ever fails an import; ``bulk_error`` says what happened.
         """
         if not self.bulk or not wants:
             return 0
@@ -394,8 +402,10 @@ class MlflowSource:
         before = len(self._cache)
         try:
             list(self._executor().map(lambda g: self._bulk_group(*g), groups))
-        except MirrorError:
-            self.bulk = False
+        except MirrorError as exc:
+            self.bulk_error = exc.message
+            if self._bulk_unsupported:
+                self.bulk = False
         return len(self._cache) - before
 
     def next_window(self, items: Iterator[T], workers: int, run_of: Callable[[T], Any]
@@ -448,9 +458,15 @@ class MlflowSource:
 
         if self._host_creds is None:
             self._host_creds = get_default_host_creds(self.tracking_uri)
-        resp = http_request(self._host_creds, BULK_ENDPOINT, "GET", max_retries=2,
+        # MLflow's own retry budget (the one its per-key calls get): a busy server is
+        # waited for rather than dropped to the slow path
+        resp = http_request(self._host_creds, BULK_ENDPOINT, "GET",
                             params={"run_id": run_ids, "metric_key": key,
                                     "max_results": BULK_MAX_POINTS})
+        if resp.status_code in _BULK_UNSUPPORTED:
+            self._bulk_unsupported = True
+            raise MlflowException(f"bulk history: HTTP {resp.status_code} (the server has "
+                                  "no bulk endpoint; fetching one key at a time)")
         if resp.status_code != 200:
             raise MlflowException(f"bulk history: HTTP {resp.status_code}")
         try:
