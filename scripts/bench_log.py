@@ -78,6 +78,8 @@ SCRIPT = textwrap.dedent('''
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=5000, help="wandb.log calls (5000)")
     parser.add_argument("--keys", type=int, default=20, help="metrics per step (20)")
+    parser.add_argument("--no-ingest", action="store_true",
+                        help="skip the offline-folder ingest cases (`bench.py ingest` alone)")
 
 
 class _Sdk:
@@ -210,4 +212,9 @@ def bench_log(args: argparse.Namespace) -> list[CaseResult]:
     for mode, rows in split.items():
         init, log, fin = (statistics.median(col) for col in zip(*rows, strict=True))
         print(f"  {mode:>13}: init {init:.2f}  log {log:.2f}  finish {fin:.2f}")
-    return [vs_offline, vs_auth, queryable]
+    cases = [vs_offline, vs_auth, queryable]
+    if not args.no_ingest:  # the issue's second half: offline folders, at the same size
+        from bench_ingest import bench_ingest
+
+        cases += bench_ingest(argparse.Namespace(**{**vars(args), "no_sync": False}))
+    return cases

@@ -160,6 +160,18 @@ def _number(value: Any) -> int | float | None:
     return as_float
 
 
+def _scalar_number(name: str, value: Any) -> Any:
+    """``value`` as the number a comparison binds; objects and lists are refused."""
+    number = _number(value)
+    if number is None:
+        raise _error(
+            f"{name!r}: comparing whole objects or lists ({_describe(value)}) is not "
+            "supported",
+            'Compare a nested key instead, e.g. {"config.opt.name": "adam"}.',
+        )
+    return number
+
+
 def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
@@ -263,14 +275,7 @@ class _Json(_Field):
             return self.kind == ("true" if value else "false")
         if isinstance(value, str):
             return self.text == value
-        number = _number(value)
-        if number is None:
-            raise _error(
-                f"{self.name!r}: comparing whole objects or lists ({_describe(value)}) "
-                "is not supported",
-                'Compare a nested key instead, e.g. {"config.opt.name": "adam"}.',
-            )
-        return self.num == number
+        return self.num == _scalar_number(self.name, value)
 
     def compare(self, op: Callable[[Any, Any], Any], value: Any) -> Pred:
         if isinstance(value, str):
@@ -340,14 +345,7 @@ class _Indexed(_Field):
             return VALUE.c.kind == ("true" if value else "false")
         if isinstance(value, str):
             return self.text == value
-        number = _number(value)
-        if number is None:
-            raise _error(
-                f"{self.name!r}: comparing whole objects or lists ({_describe(value)}) "
-                "is not supported",
-                'Compare a nested key instead, e.g. {"config.opt.name": "adam"}.',
-            )
-        return self.num == number
+        return self.num == _scalar_number(self.name, value)
 
     def _null_or_missing(self) -> Pred:
         return not_(self._having(VALUE.c.kind != "null"))
