@@ -227,6 +227,7 @@ class Pusher:
                 outbox_store.release_held(s, now=self.clock())
             deadline = report.started_at + self.opts.max_wait
             rounds = 0
+            claimed_while_due = False
             while report.paused is None:
                 # The first round always runs; later ones (ops that came due again after a
                 # backoff) only within max_wait, so `max_wait=0` is exactly one round.
@@ -235,16 +236,23 @@ class Pusher:
                 works = self._claim()
                 rounds += 1
                 if works:
+                    claimed_while_due = False
                     self._round(works)
                     continue
                 with self.store.session() as s:
                     due = outbox_store.next_due(s)
                 now = self.clock()
                 # Nothing claimable now: wait for the next op's backoff to end, but only if
-                # it ends within max_wait and later than now (an op that is due yet was not
-                # claimed belongs to a run this push set aside, e.g. held).
-                if due is None or due > deadline or due <= now:
+                # it ends within max_wait.
+                if due is None or due > deadline:
                     break
+                if due <= now:
+                    # Due already: its backoff ended between the claim and now (claim once
+                    # more), or it belongs to a run this push set aside, e.g. held (stop).
+                    if claimed_while_due:
+                        break
+                    claimed_while_due = True
+                    continue
                 self.sleep(due - now)
             self._finish()
         return report
@@ -654,12 +662,18 @@ class Pusher:
         dead: list[OpRecord] = []
         marks: list[Mark] = []
         note = "outcome unknown; read back before resend: " if kind == "ambiguous" else ""
+        # One backoff per run: a run's ops come due together and go out in one claim (one
+        # read back, one write), as they were sent.
+        delays: dict[int, float] = {}
         for op in ops:
             if op.attempts >= self.opts.max_attempts:
                 dead.append(op)
                 continue
-            delay = float(hinted) if isinstance(hinted, int | float) else self._backoff(op)
-            marks.append(Mark(op.id, "retry", error=note + message, next_attempt_at=now + delay))
+            if op.run_pk not in delays:
+                delays[op.run_pk] = (float(hinted) if isinstance(hinted, int | float)
+                                     else self._backoff(op))
+            marks.append(Mark(op.id, "retry", error=note + message,
+                              next_attempt_at=now + delays[op.run_pk]))
         with self.store.transaction() as s:
             outbox_store.mark_many(s, marks, now=now)
         if dead:
