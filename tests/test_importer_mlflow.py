@@ -767,6 +767,53 @@ def test_bulk_history_failures_fall_back_per_key_and_only_a_missing_endpoint_is_
     source.close()
 
 
+def test_bulk_windows_fetch_the_next_window_while_writing_this_one(
+    mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows of runs are pipelined: the next window's bulk fetch runs in its own thread
+    while this one is written, and every run still gets exactly its own points. The bulk
+    answers come from the real MLflow store (the HTTP endpoint itself is tested against
+    `mlflow server` in the upload module)."""
+    import threading
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from mirror.importers import mlflow_read
+
+    uri = fresh_mlflow(mlflow_template, tmp_path / "ml")
+    c = MlflowClient(uri)
+    e = c.create_experiment("windows")
+    ids = []
+    for i in range(7):
+        r = c.create_run(e, start_time=T0, run_name=f"w{i}")
+        c.log_batch(r.info.run_id, metrics=[Metric(f"k{k}", i + s / 8, T0 + s, s)
+                                            for k in range(2) for s in range(5 + i)])
+        ids.append(r.info.run_id)
+    monkeypatch.setattr(mlflow_read, "BULK_WINDOW_RUNS", 2)
+    db = tmp_path / "m.db"
+    with MlflowImporter(mlflow_tracking_uri=uri, store=db, settings=settings_for(db)) as imp:
+        imp.source.bulk = True  # as over HTTP: one request per key and window
+        fetched: list[tuple[str, tuple[str, ...]]] = []
+
+        def answer(key: str, run_ids: list[str]) -> list[dict[str, Any]]:
+            fetched.append((threading.current_thread().name, tuple(run_ids)))
+            return [{"run_id": rid, "key": key, "step": m.step, "timestamp": m.timestamp,
+                     "value": m.value}
+                    for rid in run_ids for m in c.get_metric_history(rid, key)]
+
+        imp.source._bulk_request = answer  # type: ignore[method-assign]
+        report = imp.import_runs(imp.collect_runs(), artifacts=False, upload=False)
+        assert report.counts() == {"imported": 7}
+        assert imp.source.calls["get_metric_history"] == 0, dict(imp.source.calls)
+        assert len(fetched) == 8  # 4 windows (2, 2, 2, 1 runs) x 2 keys
+        assert all(t.startswith("mirror-mlflow-keys") for t, _ in fetched)
+        assert not imp.source._cache  # nothing prefetched is left behind
+        for rep in report:
+            assert same_points(stored_points(imp.store, rep),
+                               mlflow_points(uri, rep.mlflow_run_id)), rep.run_name
+
+
 def test_defect_16_documented_api_forms(
     recipe: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:

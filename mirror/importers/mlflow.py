@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from itertools import islice
@@ -286,14 +286,37 @@ class MlflowImporter:
         out: list[RunReport] = []
         pool = ThreadPoolExecutor(workers, thread_name_prefix="mirror-mlflow-runs") \
             if workers > 1 else None
-        try:
-            while window := self.source.next_window(items, workers, lambda r: r.run):
+        # the next window's bulk fetch runs while this one is written: the MLflow server
+        # works on its queries while we encode and store rows (at most two windows of
+        # histories are held)
+        ahead = ThreadPoolExecutor(1, thread_name_prefix="mirror-mlflow-prefetch") \
+            if self.source.bulk else None
+
+        def start(window: list[MlflowRun]) -> Future[None] | None:
+            if not window:
+                return None
+            if ahead is None:
                 self._prefetch(window)
+                return None
+            return ahead.submit(self._prefetch, window)
+
+        try:
+            window = self.source.next_window(items, workers, lambda r: r.run)
+            fetching = start(window)
+            while window:
+                if fetching is not None:
+                    fetching.result()
+                following = self.source.next_window(items, workers, lambda r: r.run)
+                fetching = start(following)
                 out.extend(pool.map(one, window) if pool else map(one, window))
-                self.source.clear_cache()
+                self.source.drop_cached(r.run_id() for r in window)
+                window = following
         finally:
+            if ahead is not None:
+                ahead.shutdown(wait=True, cancel_futures=True)
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+            self.source.clear_cache()
         return out
 
     def _prefetch(self, window: list[MlflowRun]) -> None:

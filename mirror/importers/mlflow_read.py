@@ -56,6 +56,10 @@ PAGE_SIZE = 1000
 BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 BULK_MAX_POINTS = 25000  # the server's cap per request (MAX_HISTORY_RESULTS)
 BULK_MAX_RUNS = 100  # MLflow's SEARCH_MAX_RESULTS_DEFAULT; every store accepts it
+# runs per window when bulk fetching: small enough that the next window's fetch overlaps
+# this one's writes for most of an import (the importer fetches one window ahead), large
+# enough that each key is still one request of many runs
+BULK_WINDOW_RUNS = 16
 DEFAULT_REMOTE_WORKERS = 8
 _BULK_UNSUPPORTED = frozenset({400, 404, 405, 501})  # no such endpoint (or not this shape)
 
@@ -399,21 +403,22 @@ class MlflowSource:
                 total += est
             if group:
                 groups.append((key, group))
-        before = len(self._cache)
+        stored = 0
         try:
-            list(self._executor().map(lambda g: self._bulk_group(*g), groups))
+            for n in self._executor().map(lambda g: self._bulk_group(*g), groups):
+                stored += n
         except MirrorError as exc:
             self.bulk_error = exc.message
             if self._bulk_unsupported:
                 self.bulk = False
-        return len(self._cache) - before
+        return stored
 
     def next_window(self, items: Iterator[T], workers: int, run_of: Callable[[T], Any]
                     ) -> list[T]:
-        """The next runs to import together: up to 50 when bulk fetching (2 per worker
+        """The next runs to import together: up to 16 when bulk fetching (2 per worker
         otherwise) and about 300,000 metric points at most, so that prefetched histories
-        fit in memory."""
-        size = 50 if self.bulk else max(2, 2 * workers)
+        fit in memory (two windows at most: the next is fetched while this one is written)."""
+        size = BULK_WINDOW_RUNS if self.bulk else max(2, 2 * workers)
         window: list[T] = []
         points = 0
         for item in items:
@@ -427,7 +432,18 @@ class MlflowSource:
         with self._lock:
             self._cache.clear()
 
-    def _bulk_group(self, key: str, run_ids: list[str]) -> None:
+    def drop_cached(self, run_ids: Iterable[str]) -> None:
+        """Forget the prefetched histories of ``run_ids`` that nobody took (a window is
+        done), keeping those of the next window, which may be fetched meanwhile."""
+        drop = set(run_ids)
+        with self._lock:
+            for k in [k for k in self._cache if k[0] in drop]:
+                del self._cache[k]
+
+    def _bulk_group(self, key: str, run_ids: list[str]) -> int:
+        """Fetch one key of ``run_ids`` in as few requests as the server's cap allows;
+        returns the number of histories cached."""
+        stored = 0
         pending = sorted(run_ids)
         while pending and self.bulk:
             metrics = self.call("get_metric_history_bulk", self._bulk_request, key, pending)
@@ -445,11 +461,13 @@ class MlflowSource:
                 complete = [r for r in pending if r < last]
                 pending = [r for r in pending if r >= last]
                 if not complete:
-                    return  # one run fills a request: the per-key path pages it
+                    return stored  # one run fills a request: the per-key path pages it
             with self._lock:
                 for r in complete:
                     if r in by_run:  # a run with no points here is left to the per-key path
                         self._cache[(r, key)] = by_run[r]
+                        stored += 1
+        return stored
 
     def _bulk_request(self, key: str, run_ids: list[str]) -> list[dict[str, Any]]:
         from mlflow.exceptions import MlflowException
