@@ -7,25 +7,22 @@ output and progress go to stderr so pipes stay clean.
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from mirror import __version__
-from mirror.errors import MirrorError
-from mirror.settings import Settings
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+from mirror.commands.common import (
+    JsonOpt,
+    StoreOpt,
+    emit_json,
+    err,
+    handle_errors,
+    out,
+    settings_for,
+)
 
 app = typer.Typer(
     name="mirror",
@@ -63,43 +60,6 @@ def _mount_commands() -> None:
 
 
 _mount_commands()
-
-StoreOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--store",
-        help="SQLite store file (default: $MIRROR_DB_URL, else $MIRROR_HOME/mirror.db).",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
-
-
-def settings_for(store: Path | None) -> Settings:
-    """Build settings at the edge: the environment, then the command's options."""
-    settings = Settings.from_env()
-    return settings.with_store(store) if store is not None else settings
-
-
-def handle_errors(fn: F) -> F:
-    """Print ``MirrorError``s as one clear message plus hint, exit 1; no traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MirrorError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
-            if exc.hint:
-                err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
 
 def _version_callback(value: bool) -> None:
     if value:

@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
 
+from mirror.commands.common import err, print_error
 from mirror.errors import MirrorError
-
-_err = Console(stderr=True, soft_wrap=True)
 
 __all__ = ["app", "daemon_cmd", "main"]
 
@@ -120,7 +118,7 @@ def daemon_cmd(
         if can_detach():
             ready = detach()
         else:  # pragma: no cover - Windows
-            _err.print("this platform cannot detach; running in the foreground")
+            err.print("this platform cannot detach; running in the foreground")
     level = logging.DEBUG if verbose else logging.INFO
     try:
         code = run_daemon(settings, config, log_to_stderr=ready is None, on_ready=ready,
@@ -131,9 +129,7 @@ def daemon_cmd(
 
 
 def _fail(exc: MirrorError) -> NoReturn:
-    _err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-    if exc.hint:
-        _err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+    print_error(exc)
     raise typer.Exit(1)
 
 

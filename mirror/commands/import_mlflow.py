@@ -8,17 +8,15 @@ unreachable is not a failure: ``mirror push`` sends it later).
 
 from __future__ import annotations
 
-import json
-import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mirror.commands.common import emit_json, err, print_error
 from mirror.errors import MirrorError
 
 app = typer.Typer(
@@ -29,7 +27,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_err = Console(stderr=True, soft_wrap=True)
 
 
 @app.callback()
@@ -97,12 +94,10 @@ def import_mlflow(
                       project, not no_upload, include_deleted, limit, workers, force,
                       remap_deleted, store, json_out)
     except MirrorError as exc:
-        _err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-        if exc.hint:
-            _err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+        print_error(exc)
         raise typer.Exit(1) from None
     if json_out:
-        sys.stdout.write(json.dumps(report.as_dict(), indent=2, default=str) + "\n")
+        emit_json(report.as_dict())
     else:
         _print_report(report)
     if not report.ok:
@@ -127,7 +122,7 @@ def _run(tracking_uri: str, experiments: list[str] | None, filter_string: str | 
                                           include_deleted=include_deleted))
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                        MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
-                       TimeElapsedColumn(), console=_err, disable=quiet)
+                       TimeElapsedColumn(), console=err, disable=quiet)
         lock = threading.Lock()
         with bar:
             tasks = {"import": bar.add_task("import", total=len(runs), detail=""),
@@ -158,19 +153,19 @@ def _print_report(report: Any) -> None:
     files = sum(r.files for r in report.runs if r.status in ("imported", "updated"))
     table.add_row("history rows written", f"{rows:,}")
     table.add_row("files (imported runs)", f"{files:,}")
-    _err.print(table)
+    err.print(table)
     for r in report.runs:
         name = f"{r.run_name or ''} ({r.mlflow_run_id})"
         if r.status == "failed":
-            _err.print(f"[red]failed[/] {name}: {r.reason}", highlight=False)
+            err.print(f"[red]failed[/] {name}: {r.reason}", highlight=False)
         elif r.status == "skipped":
-            _err.print(f"[yellow]skipped[/] {name}: {r.reason}", highlight=False)
+            err.print(f"[yellow]skipped[/] {name}: {r.reason}", highlight=False)
         if r.upload in ("failed", "pending"):
             color = "red" if r.upload == "failed" else "yellow"
-            _err.print(f"[{color}]upload {r.upload}[/] {name}: {r.upload_reason}",
+            err.print(f"[{color}]upload {r.upload}[/] {name}: {r.upload_reason}",
                        highlight=False)
         for w in r.warnings:
-            _err.print(f"[yellow]warning[/] {name}: {w}", highlight=False)
+            err.print(f"[yellow]warning[/] {name}: {w}", highlight=False)
 
 
 __all__ = ["app", "import_mlflow"]

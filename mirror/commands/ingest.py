@@ -9,16 +9,14 @@ corrupt record is ingested up to its last good record and reported, not failed.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mirror.commands.common import emit_json, err, print_error
 from mirror.errors import MirrorError
 
 app = typer.Typer(
@@ -29,7 +27,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_err = Console(stderr=True, soft_wrap=True)
 
 
 @app.callback()
@@ -70,12 +67,10 @@ def ingest_wandb(
     try:
         report = _run(paths, project, not no_queue, store, json_out)
     except MirrorError as exc:
-        _err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-        if exc.hint:
-            _err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+        print_error(exc)
         raise typer.Exit(1) from None
     if json_out:
-        sys.stdout.write(json.dumps(report.as_dict(), indent=2, default=str) + "\n")
+        emit_json(report.as_dict())
     else:
         _print_report(report)
     if not report.ok:
@@ -105,7 +100,7 @@ def _run(paths: list[Path], project: str | None, queue: bool, store_path: Path |
                                    queue_upload=queue)
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                        MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
-                       TimeElapsedColumn(), console=_err, disable=quiet)
+                       TimeElapsedColumn(), console=err, disable=quiet)
         report = IngestReport()
         with bar:
             task = bar.add_task("ingest", total=len(dict.fromkeys(runs)), detail="")
@@ -126,17 +121,17 @@ def _print_report(report: Any) -> None:
     for r in report.runs:
         table.add_row(r.path or r.folder, r.status, r.state or "", f"{r.records:,}",
                       f"{r.rows:,}", f"{r.events:,}", f"{r.files:,}")
-    _err.print(table)
+    err.print(table)
     queued = sum(1 for r in report.runs if r.queued)
     if queued:
-        _err.print(f"{queued} run(s) queued for upload: `mirror push` sends them.")
+        err.print(f"{queued} run(s) queued for upload: `mirror push` sends them.")
     for r in report.runs:
         if r.status == "failed":
-            _err.print(f"[red]failed[/] {r.folder}: {r.problem}", highlight=False)
+            err.print(f"[red]failed[/] {r.folder}: {r.problem}", highlight=False)
         elif r.status == "skipped":
-            _err.print(f"[yellow]skipped[/] {r.folder}: {r.problem}", highlight=False)
+            err.print(f"[yellow]skipped[/] {r.folder}: {r.problem}", highlight=False)
         elif r.problem:
-            _err.print(f"[yellow]warning[/] {r.folder}: {r.problem} (kept every record "
+            err.print(f"[yellow]warning[/] {r.folder}: {r.problem} (kept every record "
                        "before it)", highlight=False)
 
 

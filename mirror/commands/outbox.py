@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mirror.commands.push import JsonOpt, StoreOpt, emit_json, err, handle_errors, settings_for
+from mirror.commands.common import JsonOpt, StoreOpt, emit_json, err, handle_errors, settings_for
 
 __all__ = ["outbox_app"]
 

@@ -11,60 +11,14 @@ upstream) or still waiting out a backoff; 2 for bad usage.
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Callable
-from functools import wraps
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from mirror.errors import MirrorError
+from mirror.commands.common import JsonOpt, StoreOpt, emit_json, err, handle_errors, settings_for
 
 __all__ = ["app", "main", "push_cmd"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-err = Console(stderr=True, soft_wrap=True)
-
-StoreOpt = Annotated[
-    Path | None,
-    typer.Option("--store", help="SQLite store file (default: $MIRROR_DB_URL, else "
-                 "$MIRROR_HOME/mirror.db).", show_default=False),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
-
-
-def settings_for(store: Path | None) -> Any:
-    """Settings built at the edge (the environment, then ``--store``)."""
-    from mirror.settings import Settings
-
-    settings = Settings.from_env()
-    return settings.with_store(store) if store is not None else settings
-
-
-def handle_errors(fn: F) -> F:
-    """A ``MirrorError`` becomes its message and hint on stderr and exit code 1."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MirrorError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-            if exc.hint:
-                err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
 
 @handle_errors
 def push_cmd(

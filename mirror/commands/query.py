@@ -15,34 +15,23 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from mirror.commands.common import F, StoreOpt, err, out, print_error
 from mirror.errors import FilterError, MirrorError
 
 if TYPE_CHECKING:
     from mirror.api import Api
 
 __all__ = ["files_cmd", "history_cmd", "runs_cmd"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
-
-StoreOpt = Annotated[
-    Path | None,
-    typer.Option("--store", help="SQLite store file (default: $MIRROR_DB_URL, else "
-                 "$MIRROR_HOME/mirror.db).", show_default=False),
-]
 
 USAGE_EXIT = 2
 
@@ -89,9 +78,7 @@ OrderOpt = Annotated[
 
 
 def _fail(exc: MirrorError, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
-    if exc.hint:
-        err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+    print_error(exc)
     return typer.Exit(code)
 
 
