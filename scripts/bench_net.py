@@ -59,7 +59,7 @@ def _served(runs: int, steps: int, keys: int, files: int) -> Iterator[tuple[Any,
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ["WANDB_CONFIG_DIR"] = str(root / "wandb-config")
         os.environ["WANDB_CACHE_DIR"] = str(root / "wandb-cache")
-        with _server_process(root / "upstream" / "mirror.db", root) as srv:
+        with server_process(root / "upstream" / "mirror.db", root) as srv:
             yield srv, gen, root
 
 
@@ -73,17 +73,19 @@ class _Remote:
     def __init__(self, url: str, api_key: str, log: Path) -> None:
         self.url = url
         self.api_key = api_key
-        self._log = log
+        self.log_path = log
 
     @property
     def request_log(self) -> list[str]:
-        if not self._log.exists():
+        if not self.log_path.exists():
             return []
-        return self._log.read_text(encoding="utf-8").splitlines()
+        return self.log_path.read_text(encoding="utf-8").splitlines()
 
 
 @contextmanager
-def _server_process(db: Path, root: Path) -> Iterator[_Remote]:
+def server_process(db: Path, root: Path) -> Iterator[_Remote]:
+    """``mirror serve --authoritative`` over ``db`` in its own process, its requests
+    logged to ``root/requests.jsonl`` (also used by ``bench_push``)."""
     import socket
     import subprocess
     import sys

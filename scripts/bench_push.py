@@ -67,11 +67,7 @@ def _commit(run: Any, kind: str) -> None:
 @contextmanager
 def _server(root: Path, runs: int) -> Iterator[tuple[str, str, Path, list[str]]]:
     """A generated upstream behind `mirror serve` in its own process."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    from bench_net import server_process
 
     from mirror.server.seed import generate
     from mirror.store import open_store
@@ -80,31 +76,8 @@ def _server(root: Path, runs: int) -> Iterator[tuple[str, str, Path, list[str]]]
     up = open_store(db)
     gen = generate(up, runs=runs, steps=3, keys=5, seed=1, entity=ENTITY, project=PROJECT)
     up.close()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    key = "bench" * 9
-    log = root / "requests.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mirror.cli", "serve", "--store", str(db), "--authoritative",
-         "--api-key", key, "--port", str(port), "--request-log", str(log)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the benchmark server did not start") from None
-                time.sleep(0.1)
-        yield url, key, log, gen.run_ids
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with server_process(db, root) as srv:
+        yield srv.url, srv.api_key, srv.log_path, gen.run_ids
 
 
 def _requests(log: Path, start: int) -> tuple[int, dict[str, int]]:
