@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirror.daemon.backoff import is_offline_error
 from mirror.daemon.threads import StoppableThread
 from mirror.daemon.workers import PushWorker, WorkerContext, ops_signature
 from mirror.errors import ConfigError, MirrorError
@@ -156,17 +155,7 @@ class MlflowWorker(StoppableThread):
         if target.entity or self.ctx.settings.entity:
             return target.entity or self.ctx.settings.entity
         if self._entity is None:
-            previous = self.ctx.status.get().get("mlflow_entity")
-            if isinstance(previous, str) and previous:
-                self._entity = previous
-            elif self.ctx.conn.online:
-                try:
-                    self._entity = str(self.ctx.probe_client.viewer().entity or "") or None
-                except MirrorError as exc:
-                    if is_offline_error(exc):
-                        self.ctx.conn.failed(exc)
-                if self._entity:
-                    self.ctx.status.update(mlflow_entity=self._entity)
+            self._entity = self.ctx.key_owner()
         return self._entity
 
     def tick(self, fired: bool) -> None:
@@ -270,14 +259,7 @@ class WandbOfflineWorker(StoppableThread):
 
         namespace = Namespace.from_path(self.project) if self.project else Namespace()
         if not (namespace.entity or self.ctx.settings.entity):
-            entity = self.ctx.status.get().get("mlflow_entity")  # the key's owner, if known
-            if not entity and self.ctx.conn.online:
-                try:
-                    entity = self.ctx.probe_client.viewer().entity
-                except MirrorError as exc:
-                    if is_offline_error(exc):
-                        self.ctx.conn.failed(exc)
-            namespace = Namespace(str(entity) if entity else None, namespace.project)
+            namespace = Namespace(self.ctx.key_owner(), namespace.project)
         self._entity_known = bool(namespace.entity or self.ctx.settings.entity)
         return OfflineIngester(self.ctx.store, namespace=namespace, settings=self.ctx.settings)
 

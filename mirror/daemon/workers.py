@@ -83,6 +83,25 @@ class WorkerContext:
         self.conn.succeeded()
         return True
 
+    def key_owner(self) -> str | None:
+        """The API key's owner: where runs go when no entity is configured. Remembered in
+        the status file (``mlflow_entity``, kept across restarts); else asked once the
+        server is reachable. None while offline and never asked."""
+        previous = self.status.get().get("mlflow_entity")
+        if isinstance(previous, str) and previous:
+            return previous
+        if not self.conn.online:
+            return None
+        try:
+            owner = str(self.probe_client.viewer().entity or "") or None
+        except MirrorError as exc:
+            if is_offline_error(exc):
+                self.conn.failed(exc)
+            return None
+        if owner:
+            self.status.update(mlflow_entity=owner)
+        return owner
+
     def next_attempt(self, worker: str, at: float | None) -> None:
         self.status.update("next_attempt", **{worker: at})
 
