@@ -16,7 +16,6 @@ import io
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from crash import check_store_sound
 
 from mirror.daemon import Daemon, DaemonConfig, daemon_status, format_status
 from mirror.outbox import overlay
@@ -723,20 +723,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_applies_everything_once(
                 assert list(history.iter_history(s, theirs.pk)) == \
                     list(history.iter_history(ls, mine.pk)), rid
                 assert history.history_bounds(s, theirs.pk)[0] == 100
-        assert local.path is not None
-        conn = sqlite3.connect(local.path)
-        try:
-            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-            referenced = conn.execute(
-                "SELECT DISTINCT f.blob_hash, b.hash FROM run_file f "
-                "LEFT JOIN blob b ON b.hash = f.blob_hash WHERE f.blob_hash IS NOT NULL"
-            ).fetchall()
-        finally:
-            conn.close()
-        for blob_hash, row in referenced:
-            assert row is not None, f"a file row points at unrecorded blob {blob_hash}"
-            data = blobs.blob_path(local, blob_hash).read_bytes()
-            assert hashlib.sha256(data).hexdigest() == blob_hash
+        check_store_sound(local)
     finally:
         local.close()
     log_text = log.read_text(errors="replace")

@@ -17,8 +17,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from crash import check_store_sound, kill_after_requests
 
 import mirror.api as mapi
 from mirror.outbox.status import outbox_status
@@ -102,24 +101,6 @@ def _server_state(up: Any, run_ids: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _kill_mid_push(proc: subprocess.Popen[bytes], srv: Any, after_requests: int) -> bool:
-    """SIGKILL ``proc`` once the server has seen ``after_requests`` more requests (the push
-    is then under way: a kill before it sent anything would test nothing). False if the
-    push finished first."""
-    start = len(srv.request_log)
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline:
-        if len(srv.request_log) - start >= after_requests:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-            return True
-        time.sleep(0.002)
-    if proc.poll() is None:  # never got going: still a kill, but say so in the count
-        proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    return False
-
-
 @pytest.mark.slow
 def test_sigkill_during_push_loses_nothing_and_applies_nothing_twice(tmp_path: Path) -> None:
     kills = max(2, round(KILLS * _scale()))  # 20 at scale 1; CI (0.2) kills 4 times
@@ -168,7 +149,7 @@ def test_sigkill_during_push_loses_nothing_and_applies_nothing_twice(tmp_path: P
                                         stderr=subprocess.DEVNULL)
                 # A random moment: after 1 to 60 requests of this push (one generation's
                 # push sends about 60, a push after a kill more).
-                killed += _kill_mid_push(proc, srv, rng.randint(1, 60))
+                killed += kill_after_requests(proc, srv, rng.randint(1, 60))
                 lap("killed pushes")
             intended = _snapshot(api, gen.run_ids)  # read-your-writes: what the user sees
             srv.faults = FaultPlan()
@@ -190,9 +171,4 @@ def test_sigkill_during_push_loses_nothing_and_applies_nothing_twice(tmp_path: P
         up.close()
     print(f"killed {killed} pushes mid-way over {generations} edit generations; seconds: "
           + ", ".join(f"{k} {v:.1f}" for k, v in spent.items()))
-    assert local.path is not None
-    conn = sqlite3.connect(local.path)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    finally:
-        conn.close()
+    check_store_sound(local, blobs_too=False)

@@ -12,15 +12,14 @@ import io
 import json
 import os
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from crash import check_store_sound, kill_after_requests
 
 from mirror.records import RunRecord
 from mirror.server.faults import Fault, FaultPlan
@@ -411,25 +410,6 @@ def test_file_policy_none_keeps_metadata_and_downloads_nothing(
 # --- crash safety -------------------------------------------------------------------------
 
 
-def _kill_mid_sync(proc: subprocess.Popen[bytes], srv: RunningServer,
-                   after_requests: int) -> bool:
-    """SIGKILL ``proc`` once the server has seen ``after_requests`` more requests, so the
-    kill lands while the sync is talking to upstream (a kill during interpreter start-up
-    would test nothing). False if the sync finished first."""
-    start = len(srv.request_log)
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline:
-        if len(srv.request_log) - start >= after_requests:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-            return True
-        time.sleep(0.002)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    return False
-
-
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     """`mirror sync` SIGKILLed at seeded moments (20 times at MIRROR_STRESS_SCALE=1, CI's
@@ -473,7 +453,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
                                         f"grown/{i}.bin", io.BytesIO(blob), size=len(blob))
                 proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-                killed += _kill_mid_sync(proc, srv, rng.randint(1, 8))
+                killed += kill_after_requests(proc, srv, rng.randint(1, 8))
             assert killed >= kills // 2, f"only {killed} of {kills} runs were killed mid-sync"
             srv.faults = FaultPlan()
             final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -488,21 +468,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
                 snapshot(up2, res.entity, res.project)
         finally:
             up2.close()
-        assert local.path is not None
-        conn = sqlite3.connect(local.path)
-        try:
-            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-            referenced = conn.execute(
-                "SELECT DISTINCT f.blob_hash, b.hash FROM run_file f "
-                "LEFT JOIN blob b ON b.hash = f.blob_hash WHERE f.blob_hash IS NOT NULL"
-            ).fetchall()
-        finally:
-            conn.close()
-        assert referenced
-        for blob_hash, row in referenced:
-            assert row is not None, f"file row points at unrecorded blob {blob_hash}"
-            data = blobs.blob_path(local, blob_hash).read_bytes()
-            assert hashlib.sha256(data).hexdigest() == blob_hash
+        assert check_store_sound(local), "no file row references a blob"
     finally:
         local.close()
 
