@@ -140,7 +140,8 @@ fragment UpsertResult on UpsertBucketPayload {
 }
 """
 
-# A run file as RunFiles selects it (the batched read of many runs uses it per alias).
+# A run file as the official client's RunFiles selects it; RunFiles and the batched
+# read of many runs (per alias) both select it through this fragment.
 FILE_FRAGMENT = """
 fragment RunFileFields on File {
   id
@@ -323,14 +324,7 @@ query RunFiles($project: String!, $entity: String!, $name: String!, $fileCursor:
       files(names: $fileNames, after: $fileCursor, first: $fileLimit) {
         edges {
           node {
-            id
-            name
-            url(upload: false)
-            directUrl
-            sizeBytes
-            mimetype
-            updatedAt
-            md5
+            ...RunFileFields
           }
           cursor
         }
@@ -342,7 +336,7 @@ query RunFiles($project: String!, $entity: String!, $name: String!, $fileCursor:
     }
   }
 }
-"""
+""" + FILE_FRAGMENT
 
 # project.sweeps() as wandb-core puts it on the wire when SWEEPS_QUERY_FILTERING is off.
 SWEEPS = (
