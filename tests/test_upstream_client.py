@@ -727,6 +727,53 @@ def test_the_client_limiter_slows_down_on_429(stub: Stub) -> None:
     assert limiter.rate == pytest.approx(20.0 * 0.5 * 0.5 + 1.0)  # two halvings, one success
 
 
+def test_file_transfers_are_paced_by_the_storage_limiter_not_the_api_one(stub: Stub) -> None:
+    """Signed URLs lead to object storage, outside the API's per-project limits: a sync
+    of many small files must not queue them behind the API's rate (5,000 files at 100/s
+    were 50 s of waiting). A 429 from storage still slows storage transfers down."""
+    ft = FakeTime()
+    api = RateLimiter(1.0, burst=1, clock=ft.clock, sleep=ft.sleep)
+    storage = RateLimiter(50.0, burst=1, clock=ft.clock, sleep=ft.sleep, cooldown=0.0)
+    client = WandbClient(make_session(base_url=stub.url, api_key=KEY), policy=make_policy(ft),
+                         limiter=api, storage_limiter=storage)
+    stub.script = [Reply(429), Reply(200)]
+    stub.default = Reply(body=b"data")
+    client.download("/files/a", io.BytesIO())
+    client.upload(stub.url + "/upload/b", io.BytesIO(b"x"))
+    assert api._tokens == 1.0  # never drawn from
+    assert storage.rate == pytest.approx(50.0 * 0.5 + 2.0)  # halved once, two successes
+    stub.default = gql({"viewer": {"id": "u"}})
+    client.viewer()
+    assert api._tokens == pytest.approx(0.0)
+
+
+def test_session_reads_proxy_settings_once_per_host(
+    stub: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests re-reads proxy variables on every request; the session keeps the answer
+    per scheme and host (a third of a small download's CPU), and still honours them."""
+    import requests.sessions
+
+    calls: list[str] = []
+    real = requests.sessions.get_environ_proxies
+
+    def counting(url: str, no_proxy: str | None = None) -> dict[str, str]:
+        calls.append(url)
+        return real(url, no_proxy=no_proxy)
+
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies", counting)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    stub.default = Reply(body=b"data")
+    client = make_client(stub.url)
+    for name in ("a", "b", "c"):
+        client.download(f"/files/{name}", io.BytesIO())
+    assert len(calls) == 1
+    settings = client.session.merge_environment_settings(stub.url + "/x", {}, None, None, None)
+    settings["proxies"]["http"] = "http://changed"  # a caller's edit stays its own
+    again = client.session.merge_environment_settings(stub.url + "/y", {}, None, None, None)
+    assert "http" not in again["proxies"]
+
+
 # === writes (stub) ========================================================================
 
 

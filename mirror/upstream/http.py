@@ -175,6 +175,28 @@ class UpstreamSession(requests.Session):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.auth = self._scoped_auth = _ScopedBasicAuth(self.base_url, api_key)
+        self._env_settings: dict[tuple[str, str, Any], Any] = {}
+
+    def merge_environment_settings(self, url: str | bytes | None, proxies: Any, stream: Any,
+                                   verify: Any, cert: Any) -> Any:
+        """requests' own merge, remembered per scheme and host for plain calls.
+
+        With ``trust_env`` requests reads the proxy and CA-bundle variables and walks
+        ``no_proxy`` again on every request: a third of the client CPU of a small file
+        download, and a sync downloads thousands. What it finds depends only on the
+        scheme and host (and the process environment, read once per session), so the
+        answer is kept. Calls that pass their own proxies, verify or cert are not cached.
+        """
+        if not self.trust_env or proxies or verify is not None or cert is not None:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        text = url.decode() if isinstance(url, bytes) else str(url)
+        parts = urlsplit(text)
+        key = (parts.scheme, parts.netloc, stream)
+        found: Any = self._env_settings.get(key)
+        if found is None:
+            found = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            self._env_settings[key] = found
+        return {**found, "proxies": dict(found["proxies"])}
 
     def url(self, path_or_url: str) -> str:
         """An absolute URL: server-relative paths (``/files/...``) go under the base URL."""
