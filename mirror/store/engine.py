@@ -29,6 +29,9 @@ _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL = 8, 10, 11, 13
 _SQLITE_NOTADB = 26
 
+POOL_SIZE = 24  # connections kept open (threads of a server or a sync at once)
+POOL_OVERFLOW = 40  # opened beyond that under bursts, closed after use
+
 
 def make_engine(url: str, *, foreign_keys: bool = True, echo: bool = False) -> Engine:
     """An engine for ``url`` with the house pragmas on every new SQLite connection.
@@ -45,6 +48,12 @@ def make_engine(url: str, *, foreign_keys: bool = True, echo: bool = False) -> E
         kwargs["poolclass"] = StaticPool  # one shared connection, or the data is gone
     elif not foreign_keys:
         kwargs["poolclass"] = NullPool  # migration connections must not be reused
+    else:
+        # Keep a connection per busy thread. The default pool keeps 5 and closes the
+        # overflow after each use, so a server answering 16+ downloads at once opened a
+        # connection (and ran the pragmas below) for most requests.
+        kwargs["pool_size"] = POOL_SIZE
+        kwargs["max_overflow"] = POOL_OVERFLOW
     engine = create_engine(
         url,
         echo=echo,
