@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
 
-from mirror.store import Store, codec
+from mirror.store import Store, codec, history
 from mirror.store.history import iter_history, save_history
 from mirror.store.models import Run
 
@@ -323,6 +323,50 @@ def test_history_upsert_and_step_range(
         assert_same([expected[k] for k in sorted(expected)], list(iter_history(s, run_pk)))
         ranged = list(iter_history(s, run_pk, min_step=lo, max_step=hi, batch=2))
     assert_same([expected[k] for k in sorted(expected) if lo <= k < hi], ranged)
+
+
+@STORE_SETTINGS
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(-(2**63), 2**63 - 1),
+                  st.text(st.characters(exclude_categories=("Cs",)), min_size=1)),
+        max_size=8,
+    ),
+    page=st.integers(1, 4),
+)
+def test_history_texts_are_stored_byte_for_byte(
+    store: Store, rows: list[tuple[int, str]], page: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page goes in as one JSON document on SQLite; every text must come back as it
+    went in (quotes, backslashes, tabs, control characters, any script), at its own
+    step (negative and 64-bit steps too), the last duplicate of a step winning."""
+    monkeypatch.setattr(history, "PAGE_ROWS", page)  # several page statements per call
+    run_pk = _new_run(store)
+    with store.transaction() as s:
+        assert history.save_history_texts(s, run_pk, rows) == len(rows)
+        raw = history._dbapi(s).execute(
+            "SELECT step, row FROM history WHERE run_pk = ? ORDER BY step", (run_pk,)
+        ).fetchall()
+    assert raw == sorted(dict(rows).items())
+
+
+def test_history_page_keys_and_errors_match_the_row_upsert(store: Store) -> None:
+    """The page statement binds steps as the row-by-row upsert did (``True`` is step 1),
+    and what JSON cannot carry fails the same way (a step beyond 64 bits)."""
+    run_pk = _new_run(store)
+    with store.transaction() as s:
+        history.save_history_texts(s, run_pk, [(1, '{"a":1}'), (2, '{"a":2}')])
+        history.save_events(s, run_pk, [{"cpu": 1.5}, {"cpu": float("nan")}])
+    with store.transaction() as s:
+        history.save_history_texts(s, run_pk, [(True, '{"a":3}')])
+        rows = history._dbapi(s).execute(
+            "SELECT step, row FROM history WHERE run_pk = ? ORDER BY step", (run_pk,)
+        ).fetchall()
+        events = list(history.iter_events(s, run_pk))
+    assert rows == [(1, '{"a":3}'), (2, '{"a":2}')]
+    assert events[0] == {"cpu": 1.5} and math.isnan(events[1]["cpu"])
+    with pytest.raises(OverflowError), store.transaction() as s:
+        history.save_history_texts(s, run_pk, [(2**64, '{"a":4}')])
 
 
 # --- run summaries and configs through the ORM ----------------------------------------------
