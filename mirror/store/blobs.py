@@ -33,6 +33,7 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from mirror.errors import BlobVerifyError, StoreError
+from mirror.store import bulk
 from mirror.store.engine import translated
 from mirror.store.store import Store
 
@@ -113,10 +114,12 @@ def record_blobs(session: Session, infos: list[BlobInfo], *, now: float | None =
     """:func:`record_blob` for many blobs in one statement (a synced batch of files)."""
     if infos:
         stamp = time.time() if now is None else now
-        session.execute(_UPSERT_BLOB, [
-            {"hash": i.hash, "size": i.size, "md5": i.md5_b64, "created_at": stamp}
-            for i in infos
-        ])
+        bulk.insert_rows(
+            session.connection(), "blob", ("hash", "size", "md5", "created_at"),
+            [{"hash": i.hash, "size": i.size, "md5": i.md5_b64, "created_at": stamp}
+             for i in infos],
+            on_conflict="ON CONFLICT (hash) DO NOTHING",
+        )
 
 
 def put_bytes(

@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapper
 from sqlmodel import Field, SQLModel
 
-from mirror.store import run_values
+from mirror.store import bulk, run_values
 from mirror.store.types import JSONText
 
 # Named constraints, so that alembic batch migrations on SQLite can find them again.
@@ -222,7 +222,17 @@ def _write_run_values(connection: Connection, run: Run, *, replace: bool) -> Non
             )
         rows = run_values.rows_for(run.pk or 0, doc, getattr(run, doc))
         if rows:
-            connection.execute(table.insert(), rows)
+            _insert_run_values(connection, rows)
+
+
+_RUN_VALUE_COLUMNS = ("run_pk", "doc", "key", "kind", "num", "text")
+
+
+def _insert_run_values(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """One multi-row statement (:mod:`mirror.store.bulk`): a sync saves runs while its
+    other threads parse and download, and ``executemany`` made it queue for the GIL
+    after every key of every run."""
+    bulk.insert_rows(connection, "run_value", _RUN_VALUE_COLUMNS, rows)
 
 
 @event.listens_for(Run, "after_insert")

@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 from sqlmodel import Session, col
 
 from mirror.records import FileRecord
+from mirror.store import bulk
 from mirror.store.models import Run, RunFile, SyncCursor
 
 
@@ -68,22 +69,20 @@ _SET_LISTING_HASH = text("UPDATE run SET listing_hash = :value WHERE pk = :pk")
 
 _FILE_COLUMNS = ("upstream_id", "size_bytes", "md5", "mimetype", "updated_at", "url",
                  "direct_url", "blob_hash", "tombstoned")
-_UPSERT_FILE = text(
-    "INSERT INTO run_file (run_pk, name, " + ", ".join(_FILE_COLUMNS) + ") VALUES "
-    "(:run_pk, :name, " + ", ".join(f":{c}" for c in _FILE_COLUMNS) + ") "
-    "ON CONFLICT (run_pk, name) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _FILE_COLUMNS)
+_FILE_UPSERT = "ON CONFLICT (run_pk, name) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in _FILE_COLUMNS
 )
 
 
 def save_files(session: Session, run_pk: int, recs: list[FileRecord]) -> None:
     """Upsert a run's file rows as listed upstream, in one statement (``runs.save_file``
     for many; ``INSERT ... ON CONFLICT`` reads the same on SQLite and PostgreSQL)."""
-    if recs:
-        session.execute(_UPSERT_FILE, [
-            {"run_pk": run_pk, "name": r.name, **{c: getattr(r, c) for c in _FILE_COLUMNS}}
-            for r in recs
-        ])
+    bulk.insert_rows(
+        session.connection(), "run_file", ("run_pk", "name", *_FILE_COLUMNS),
+        [{"run_pk": run_pk, "name": r.name, **{c: getattr(r, c) for c in _FILE_COLUMNS}}
+         for r in recs],
+        on_conflict=_FILE_UPSERT,
+    )
 
 
 def tombstone_runs(session: Session, run_pks: list[int]) -> int:
