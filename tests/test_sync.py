@@ -407,6 +407,81 @@ def test_file_policy_none_keeps_metadata_and_downloads_nothing(
     assert cached == {"wandb-metadata.json"}
 
 
+# --- downloads in a child process ----------------------------------------------------------
+
+
+def _listed_files(srv: RunningServer, res: SeedResult, runs_: int) -> list[Any]:
+    with WandbClient(Settings(home=Path("."), db_url="sqlite://", base_url=srv.url,
+                              api_key=srv.api_key)) as client:
+        return [f for run_id in res.run_ids[:runs_]
+                for page in client.iter_files(res.entity, res.project, run_id) for f in page]
+
+
+def test_a_child_process_downloads_the_same_verified_files(
+        upstream: tuple[Store, SeedResult], server: RunningServer, store: Store) -> None:
+    """With enough files, a sync hands its downloads to ``mirror.sync.download_process``
+    (off this interpreter's GIL); the store ends up exactly as with threads."""
+    up, res = upstream
+    settings = settings_for(store, server)
+    report = sync(store, settings, [f"{res.entity}/{res.project}"],
+                  SyncOptions(process_min_files=1))
+    assert report.ok, report.as_dict()
+    assert report.projects[0].download_process
+    assert report.projects[0].bytes > 0
+    assert snapshot(store, res.entity, res.project) == snapshot(up, res.entity, res.project)
+    assert check_store_sound(store)
+
+
+def test_the_child_reports_each_failed_file_and_dies_without_losing_anything(
+        upstream: tuple[Store, SeedResult], server: RunningServer, store: Store) -> None:
+    from mirror.errors import BlobVerifyError, NotFoundError
+    from mirror.sync.download_process import ChildConfig, DownloadProcess, ProcessUnavailable
+
+    _, res = upstream
+    files = _listed_files(server, res, 2)
+    assert len(files) >= 3
+    good, gone, lying = files[0], files[1], files[2]
+    gone.url = (gone.url or "").replace(gone.name.split("/")[-1], "no-such-file")
+    lying.md5 = base64.b64encode(hashlib.md5(b"other bytes").digest()).decode()
+    config = ChildConfig(server.url, server.api_key, store.url, (5.0, 30.0), workers=2)
+    with DownloadProcess(config) as child:
+        ok, missing, bad = child.fetch([good, gone, lying])
+        assert isinstance(ok, blobs.BlobInfo) and ok.md5_b64 == good.md5
+        assert blobs.has_blob(store, ok.hash)
+        assert isinstance(missing, NotFoundError)
+        assert isinstance(bad, BlobVerifyError) and "md5 mismatch" in bad.message
+        child._proc.kill()  # the child dies: the caller is told, and downloads itself
+        child._proc.wait()
+        with pytest.raises(ProcessUnavailable):
+            child.fetch([good, good])
+    leftovers = [p for p in store.blobs_dir.iterdir() if p.name.startswith(".incoming-")]
+    assert leftovers == [], "a failed download left its temp file behind"
+
+
+def test_a_sync_whose_child_is_dead_downloads_everything_itself(
+        upstream: tuple[Store, SeedResult], server: RunningServer, store: Store) -> None:
+    from mirror.sync.download_process import ChildConfig, DownloadProcess
+    from mirror.sync.engine import ProjectSync
+    from mirror.sync.runner import make_downloader
+
+    up, res = upstream
+    config = ChildConfig(server.url, server.api_key, store.url, (5.0, 30.0))
+
+    def dead_child() -> DownloadProcess:
+        child = DownloadProcess(config)
+        child._proc.kill()
+        child._proc.wait()
+        return child
+
+    with WandbClient(settings_for(store, server)) as client:
+        job = ProjectSync(store, client, make_downloader(store, client), client.base_url,
+                          res.entity, res.project, SyncOptions(process_min_files=1),
+                          start_process=dead_child)
+        report = job.run()
+    assert not report.failed and report.download_process
+    assert snapshot(store, res.entity, res.project) == snapshot(up, res.entity, res.project)
+
+
 # --- crash safety -------------------------------------------------------------------------
 
 
@@ -419,10 +494,16 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     history, downloads, ...), so every restart dies mid-transfer or mid-commit. At the end
     the store equals upstream, `PRAGMA integrity_check` is ok, and every blob a row
     references exists on disk with exactly the hash the row names (nothing was referenced
-    before it was verified).
+    before it was verified). The first syncs download through the child process, so the
+    kills also land while it is writing blobs.
     """
     up = open_store(tmp_path / "up" / "mirror.db")
     res = seed_demo(up)
+    for run_id in res.run_ids:  # over 200 files: the first syncs download in the child
+        for j in range(6):
+            extra = f"{run_id}:{j}".encode() * 200
+            store_uploaded_file(up, res.entity, res.project, run_id, f"extra/{j}.txt",
+                                io.BytesIO(extra), size=len(extra))
     local_home = tmp_path / "local"
     kills = max(4, round(20 * float(os.environ.get("MIRROR_STRESS_SCALE", "1"))))
     rng = random.Random(20261127)

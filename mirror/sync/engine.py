@@ -41,6 +41,7 @@ from mirror.paths import validate_run_file_name
 from mirror.records import FileRecord, RunRecord, SweepRecord
 from mirror.store import Store, blobs, codec, history, runs, syncstate
 from mirror.store import outbox as outbox_store
+from mirror.sync.download_process import DownloadProcess, ProcessUnavailable
 from mirror.sync.policy import FilePolicy
 from mirror.sync.timestamps import latest, shift
 from mirror.upstream.client import RunAsk, RunParts
@@ -87,6 +88,9 @@ class SyncOptions:
     batch_rows: int = 10_000  # history + events rows one batched request may carry
     files_per_page: int = 100  # files per listing page (a batch carries the first)
     download_workers: int = 16  # concurrent verified downloads (their fsyncs overlap)
+    # Downloads go to a child process (download_process.py) when a project has at least
+    # this many files to fetch; 0 turns the child off.
+    process_min_files: int = 200
 
 
 @dataclass
@@ -111,6 +115,7 @@ class ProjectReport:
     sweeps: int = 0
     outcomes: list[RunOutcome] = field(default_factory=list)
     seconds: float = 0.0
+    download_process: bool = False  # files were downloaded by the child process
 
     @property
     def failed(self) -> list[RunOutcome]:
@@ -172,6 +177,7 @@ class ProjectSync:
         project: str,
         options: SyncOptions | None = None,
         progress: Progress | None = None,
+        start_process: Callable[[], DownloadProcess] | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -184,6 +190,8 @@ class ProjectSync:
         self._lock = threading.Lock()
         self._listed_at = 0.0  # when this pull began reading upstream (settles outbox ops)
         self._downloads: ThreadPoolExecutor | None = None  # set while run() runs
+        self._start_process = start_process
+        self._process: DownloadProcess | None = None  # set while run() runs, if started
 
     # --- listing -----------------------------------------------------------------
 
@@ -233,18 +241,25 @@ class ProjectSync:
         if complete:
             report.sweeps = self._sync_sweeps()
 
-        with (
-            ThreadPoolExecutor(max_workers=max(1, self.opts.workers)) as pool,
-            ThreadPoolExecutor(max_workers=max(1, self.opts.download_workers),
-                               thread_name_prefix="mirror-download") as downloads,
-        ):
-            self._downloads = downloads
-            futures = [pool.submit(self._sync_batch, batch)
-                       for batch in self._batches(todo, stored)]
-            for fut in as_completed(futures):
-                for outcome in fut.result():
-                    report.outcomes.append(outcome)
-                    self.progress.run_done()
+        self._process = self._maybe_start_process(todo)
+        report.download_process = self._process is not None
+        try:
+            with (
+                ThreadPoolExecutor(max_workers=max(1, self.opts.workers)) as pool,
+                ThreadPoolExecutor(max_workers=max(1, self.opts.download_workers),
+                                   thread_name_prefix="mirror-download") as downloads,
+            ):
+                self._downloads = downloads
+                futures = [pool.submit(self._sync_batch, batch)
+                           for batch in self._batches(todo, stored)]
+                for fut in as_completed(futures):
+                    for outcome in fut.result():
+                        report.outcomes.append(outcome)
+                        self.progress.run_done()
+        finally:
+            if self._process is not None:
+                self._process.close()
+                self._process = None
 
         with self.store.transaction() as s:
             fetched = {r.run_id for r in todo}  # the others: listed unchanged, also settled
@@ -263,6 +278,19 @@ class ProjectSync:
                 syncstate.set_cursor(*args, CREATED_STREAM, cr or "")
         report.seconds = time.monotonic() - started
         return report
+
+    def _maybe_start_process(self, todo: list[RunRecord]) -> DownloadProcess | None:
+        """The download child, if this pull has enough files to pay for starting it
+        (about a second of imports); None (threads here) if not, or if it won't start."""
+        if self._start_process is None or not self.opts.files.downloads_anything:
+            return None
+        expected = sum(r.file_count or 0 for r in todo)
+        if not self.opts.process_min_files or expected < self.opts.process_min_files:
+            return None
+        try:
+            return self._start_process()
+        except ProcessUnavailable:
+            return None
 
     def _sync_sweeps(self) -> int:
         n = 0
@@ -459,10 +487,17 @@ class ProjectSync:
     def _download_all(self, files: list[FileRecord]) -> list[blobs.BlobInfo | BaseException]:
         """Download ``files`` concurrently (verified into the blob cache, not recorded).
 
-        Each result is the blob, or the exception that download ended with.
+        Each result is the blob, or the exception that download ended with. Done by the
+        download child when there is one (it frees this interpreter for parsing and
+        writing), else by the download threads.
         """
         if not files:
             return []
+        if self._process is not None and len(files) > 1:
+            try:
+                return self._process.fetch(files)
+            except ProcessUnavailable:
+                pass  # the child is gone: this batch and the next ones download here
         pool = self._downloads
         if pool is None or len(files) == 1:
             return [_attempt(self.download, f) for f in files]

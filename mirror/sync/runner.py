@@ -16,6 +16,7 @@ from mirror.errors import ConfigError, MirrorError
 from mirror.records import FileRecord
 from mirror.settings import Settings
 from mirror.store import Store, blobs, syncstate
+from mirror.sync.download_process import ChildConfig, DownloadProcess
 from mirror.sync.engine import Progress, ProjectReport, ProjectSync, SyncOptions
 from mirror.upstream.client import WandbClient
 
@@ -89,10 +90,21 @@ def sync(
     own_client = client is None
     client = client or WandbClient(settings)
     report = SyncReport()
+    # A caller's own client may carry a retry policy or limits a child could not copy:
+    # then every download stays in this process.
+    timeout = client.session.timeout
+    config = ChildConfig(client.base_url, settings.api_key, store.url,
+                         (timeout.connect, timeout.read),
+                         min(8, (options or SyncOptions()).download_workers))
+
+    def starter() -> DownloadProcess:
+        return DownloadProcess(config)
+
     try:
         for entity, project in resolve_targets(store, client, targets, settings):
             job = ProjectSync(store, client, make_downloader(store, client), client.base_url,
-                              entity, project, options, progress)
+                              entity, project, options, progress,
+                              start_process=starter if own_client else None)
             try:
                 report.projects.append(job.run())
             except MirrorError as exc:
