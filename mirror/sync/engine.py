@@ -200,8 +200,8 @@ class ProjectSync:
             value = syncstate.get_cursor(s, self.base_url, self.entity, self.project, stream)
         return value if isinstance(value, str) else None
 
-    def _list(self) -> tuple[list[RunRecord], bool]:
-        """The runs to look at, and whether this was a complete listing."""
+    def _listing(self) -> tuple[Iterable[list[RunRecord]], bool]:
+        """The listing's pages of runs to look at, and whether it is a complete listing."""
         hb = self._cursor(HEARTBEAT_STREAM)
         created = self._cursor(CREATED_STREAM)
         complete = self.opts.full or (hb is None and created is None)
@@ -213,36 +213,33 @@ class ProjectSync:
             if created:
                 clauses.append({"createdAt": {"$gt": shift(created, -self.opts.margin_seconds)}})
             filters = {"$or": clauses} if len(clauses) > 1 else clauses[0]
-        seen: dict[str, RunRecord] = {}
-        for page in self.client.iter_runs(
-            self.entity, self.project, filters=filters, order="+created_at",
-            per_page=self.opts.per_page,
-        ):
-            for rec in page:
-                seen[rec.run_id] = rec  # boundary rows listed twice collapse by key
-        return list(seen.values()), complete
+        pages = self.client.iter_runs(self.entity, self.project, filters=filters,
+                                      order="+created_at", per_page=self.opts.per_page)
+        return pages, complete
 
     # --- the whole project -------------------------------------------------------
 
     def run(self) -> ProjectReport:
+        """List, fetch what changed, settle, advance the watermarks.
+
+        Batches start as soon as their listing page arrives (a big project's listing is
+        ten requests or more), and the download child starts in the background once the
+        runs listed so far hold enough files: neither waits for the whole listing.
+        """
         started = time.monotonic()
         report = ProjectReport(self.entity, self.project)
         self._listed_at = time.time()
-        listed, complete = self._list()
-        report.listed = len(listed)
+        pages, complete = self._listing()
         with self.store.session() as s:
             stored = syncstate.listing_state(s, self.entity, self.project)
-        policy = self.opts.files
-        todo = [r for r in listed
-                if stored.get(r.run_id, (0, None))[1] != listing_hash(r, policy)]
-        report.unchanged = len(listed) - len(todo)
-        self.progress.runs(len(todo))
-
         if complete:
             report.sweeps = self._sync_sweeps()
 
-        self._process = self._maybe_start_process(todo)
-        report.download_process = self._process is not None
+        policy = self.opts.files
+        listed: dict[str, RunRecord] = {}
+        fetched: set[str] = set()
+        files_ahead = 0
+        starter: threading.Thread | None = None
         try:
             with (
                 ThreadPoolExecutor(max_workers=max(1, self.opts.workers)) as pool,
@@ -250,47 +247,72 @@ class ProjectSync:
                                    thread_name_prefix="mirror-download") as downloads,
             ):
                 self._downloads = downloads
-                futures = [pool.submit(self._sync_batch, batch)
-                           for batch in self._batches(todo, stored)]
+                futures = []
+                for page in pages:
+                    todo: list[RunRecord] = []
+                    for rec in page:
+                        if rec.run_id in listed:
+                            continue  # a boundary row listed twice: the first one counts
+                        listed[rec.run_id] = rec
+                        if stored.get(rec.run_id, (0, None))[1] != listing_hash(rec, policy):
+                            todo.append(rec)
+                    if not todo:
+                        continue
+                    fetched.update(r.run_id for r in todo)
+                    self.progress.runs(len(todo))
+                    files_ahead += sum(r.file_count or 0 for r in todo)
+                    if starter is None and self._wants_process(files_ahead):
+                        starter = threading.Thread(target=self._start_process_now,
+                                                   name="mirror-start-downloads", daemon=True)
+                        starter.start()
+                    futures += [pool.submit(self._sync_batch, batch)
+                                for batch in self._batches(todo, stored)]
                 for fut in as_completed(futures):
                     for outcome in fut.result():
                         report.outcomes.append(outcome)
                         self.progress.run_done()
         finally:
+            if starter is not None:
+                starter.join()
             if self._process is not None:
+                report.download_process = True
                 self._process.close()
                 self._process = None
+        report.listed = len(listed)
+        report.unchanged = len(listed) - len(fetched)
 
         with self.store.transaction() as s:
-            fetched = {r.run_id for r in todo}  # the others: listed unchanged, also settled
-            settle_runs(s, [stored[r.run_id][0] for r in listed
-                            if r.run_id in stored and r.run_id not in fetched],
+            # The runs listed unchanged are settled too.
+            settle_runs(s, [stored[r][0] for r in listed if r in stored and r not in fetched],
                         pulled_after=self._listed_at)
             if complete:
-                gone = [pk for run_id, (pk, _) in stored.items()
-                        if run_id not in {r.run_id for r in listed}]
+                gone = [pk for run_id, (pk, _) in stored.items() if run_id not in listed]
                 report.tombstoned = syncstate.tombstone_runs(s, gone)
             if not report.failed:
-                hb = latest([r.heartbeat_at for r in listed] + [self._cursor(HEARTBEAT_STREAM)])
-                cr = latest([r.created_at for r in listed] + [self._cursor(CREATED_STREAM)])
+                recs = listed.values()
+                hb = latest([r.heartbeat_at for r in recs] + [self._cursor(HEARTBEAT_STREAM)])
+                cr = latest([r.created_at for r in recs] + [self._cursor(CREATED_STREAM)])
                 args = (s, self.base_url, self.entity, self.project)
                 syncstate.set_cursor(*args, HEARTBEAT_STREAM, hb or "")
                 syncstate.set_cursor(*args, CREATED_STREAM, cr or "")
         report.seconds = time.monotonic() - started
         return report
 
-    def _maybe_start_process(self, todo: list[RunRecord]) -> DownloadProcess | None:
-        """The download child, if this pull has enough files to pay for starting it
-        (about a second of imports); None (threads here) if not, or if it won't start."""
-        if self._start_process is None or not self.opts.files.downloads_anything:
-            return None
-        expected = sum(r.file_count or 0 for r in todo)
-        if not self.opts.process_min_files or expected < self.opts.process_min_files:
-            return None
+    def _wants_process(self, files_ahead: int) -> bool:
+        """Whether to start the download child: this pull has enough files to pay for
+        starting it (about a second of imports, spent in the background)."""
+        return (self._start_process is not None and self.opts.files.downloads_anything
+                and bool(self.opts.process_min_files)
+                and files_ahead >= self.opts.process_min_files)
+
+    def _start_process_now(self) -> None:
+        """Start the child; batches download in threads here until it is ready, and for
+        good if it will not start."""
+        assert self._start_process is not None
         try:
-            return self._start_process()
+            self._process = self._start_process()
         except ProcessUnavailable:
-            return None
+            pass
 
     def _sync_sweeps(self) -> int:
         n = 0
