@@ -244,6 +244,13 @@ def test_codec_reads_foreign_json_with_bare_constants() -> None:
         (b"[18446744073709551615, 1e300, -1e300]", [2**64 - 1, 1e300, -1e300]),
         (b"[0.0021060533511106927, 1.0000000000000000000001]", [0.0021060533511106927, 1.0]),
         (b'{"x_12345678901234567890": NaN}', {"x_12345678901234567890": math.nan}),
+        # flat rows (the sum-of-magnitudes shortcut): one wide value among small ones,
+        # negative, beside bools; and many values whose sum alone passes the bound
+        (b'{"_step": 1, "a": 0.5, "b": -18446744073709551616, "c": true}',
+         {"_step": 1, "a": 0.5, "b": -(2**64), "c": True}),
+        (b'{"a": 9223372036854775807, "b": 9223372036854775807, "c": 1e19}',
+         {"a": 2**63 - 1, "b": 2**63 - 1, "c": 1e19}),
+        (b'{"a": 1, "b": 100000000000000000000}', {"a": 1, "b": 10**20}),
     ],
 )
 def test_codec_wire_decoding_is_exact_for_wide_ints_and_long_fractions(
