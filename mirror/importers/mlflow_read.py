@@ -37,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 from mirror.errors import ConfigError, ImportError_, MirrorError
 from mirror.importers.mlflow_map import (
     ArtifactFile,
@@ -488,7 +490,7 @@ class MlflowSource:
         if resp.status_code != 200:
             raise MlflowException(f"bulk history: HTTP {resp.status_code}")
         try:
-            metrics = json.loads(resp.text)["metrics"]
+            metrics = _loads_metrics(resp.content)["metrics"]
         except (ValueError, KeyError, TypeError) as exc:
             raise MlflowException(f"bulk history: unexpected answer ({exc})") from None
         if not isinstance(metrics, list):
@@ -573,3 +575,14 @@ def point_estimates(run: Any) -> dict[str, int]:
 
 __all__ = ["DEFAULT_REMOTE_WORKERS", "PAGE_SIZE", "MlflowSource", "point_estimates",
            "translate"]
+
+
+def _loads_metrics(body: bytes) -> Any:
+    """A bulk answer (up to 25,000 points), parsed by orjson: about 5x faster than the
+    standard library, and exact here because every value is a double and int64 fields
+    (step, timestamp) come as JSON strings in MLflow's protobuf JSON. A server that
+    writes bare ``NaN`` gets the standard library, which reads it."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
