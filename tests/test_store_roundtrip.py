@@ -376,6 +376,58 @@ def test_history_page_keys_and_errors_match_the_row_upsert(store: Store) -> None
         history.save_history_texts(s, run_pk, [(2**64, '{"a":4}')])
 
 
+def test_save_runs_writes_what_save_run_writes(tmp_path: Any) -> None:
+    """The batch path of sync (``runs.save_runs``, no ORM objects) leaves the same run and
+    run_value rows as ``runs.save_run`` one by one: inserts, then updates that change
+    config and summary, beside runs of another project."""
+    from mirror.records import RunRecord
+    from mirror.store import open_store, runs
+
+    fields = ("display_name", "state", "config", "summary", "tags", "created_at",
+              "history_line_count", "last_step", "tombstoned", "read_only")
+
+    def rec(i: int, gen: int, project: str = "p") -> RunRecord:
+        return RunRecord(
+            entity="e", project=project, run_id=f"r{i}", display_name=f"run {i}",
+            state="running" if gen == 0 else "finished",
+            config={"lr": {"value": 0.1 * i}, "opt": {"value": "adam"}, "gen": {"value": gen},
+                    "nested": {"value": {"a": [1, 2]}}},
+            summary={"loss": 1.0 / (i + 1) + gen, "acc": float("nan"), "big": 2**70,
+                     "inf": float("inf"), "txt": "é", "flag": True, "none": None},
+            tags=["t", str(gen)], created_at="2024-01-01T00:00:00Z",
+            history_line_count=10 * gen, last_step=gen, tombstoned=False, read_only=False)
+
+    def dump(store: Store) -> tuple[Any, Any]:
+        with store.session() as s:
+            conn = history._dbapi(s)
+            cols = ", ".join(("entity", "project", "run_id", "source", "project_pk",
+                              *[f for f in fields]))
+            run_rows = conn.execute(f"SELECT {cols} FROM run ORDER BY run_id, project")
+            values = conn.execute(
+                "SELECT r.project, r.run_id, v.doc, v.key, v.kind, v.num, v.text"
+                " FROM run_value v JOIN run r ON r.pk = v.run_pk"
+                " ORDER BY r.project, r.run_id, v.doc, v.key")
+            return run_rows.fetchall(), values.fetchall()
+
+    one, many = open_store(tmp_path / "one.db"), open_store(tmp_path / "many.db")
+    try:
+        rounds = [[rec(i, 0) for i in range(4)],
+                  [rec(i, 1) for i in range(2, 6)] + [rec(0, 1, project="q")]]
+        for batch in rounds:
+            with one.transaction() as s:
+                one_pks = [runs.save_run(s, r, only=fields) for r in batch]
+            with many.transaction() as s:
+                many_pks = runs.save_runs(s, batch, only=fields)
+            assert len(many_pks) == len(set(many_pks)) == len(one_pks)
+        assert dump(one) == dump(many)
+        assert dump(many)[1], "no run_value rows were written"
+        with pytest.raises(ValueError, match="twice"), many.transaction() as s:
+            runs.save_runs(s, [rec(9, 0), rec(9, 1)], only=fields)
+    finally:
+        one.close()
+        many.close()
+
+
 # --- run summaries and configs through the ORM ----------------------------------------------
 
 

@@ -225,14 +225,14 @@ def _write_run_values(connection: Connection, run: Run, *, replace: bool) -> Non
             _insert_run_values(connection, rows)
 
 
-_RUN_VALUE_COLUMNS = ("run_pk", "doc", "key", "kind", "num", "text")
+RUN_VALUE_COLUMNS = ("run_pk", "doc", "key", "kind", "num", "text")
 
 
 def _insert_run_values(connection: Connection, rows: list[dict[str, Any]]) -> None:
     """One multi-row statement (:mod:`mirror.store.bulk`): a sync saves runs while its
     other threads parse and download, and ``executemany`` made it queue for the GIL
     after every key of every run."""
-    bulk.insert_rows(connection, "run_value", _RUN_VALUE_COLUMNS, rows)
+    bulk.insert_rows(connection, "run_value", RUN_VALUE_COLUMNS, rows)
 
 
 @event.listens_for(Run, "after_insert")

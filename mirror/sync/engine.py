@@ -399,7 +399,9 @@ class ProjectSync:
         if done:
             try:
                 with self.store.transaction() as s:
-                    saved = [self._save_plan(s, plan) for plan in done]
+                    rows = runs.save_runs(s, [p.rec for p in done], only=_UPSTREAM_FIELDS)
+                    saved = [self._save_plan(s, plan, pk)
+                             for plan, pk in zip(done, rows, strict=True)]
                     # Outbox ops the pulled rows now show: one query finds the runs with any.
                     pks = [p.pk for p in done if p.pk is not None]
                     for pk in outbox_store.ops_for_runs(s, pks, states=["done"]):
@@ -456,11 +458,11 @@ class ProjectSync:
                                         plan.listed)
         return True
 
-    def _save_plan(self, s: Any, plan: _Plan) -> RunOutcome:
-        """Write one run of a batch (inside the batch's transaction)."""
+    def _save_plan(self, s: Any, plan: _Plan, pk: int) -> RunOutcome:
+        """Write the data of one run of a batch, whose row is saved (the batch's
+        transaction)."""
         rec = plan.rec
         out = RunOutcome(rec.run_id, plan.status, skipped=plan.skipped)
-        pk = runs.save_run(s, rec, only=_upstream_fields(rec))
         if plan.rows:
             out.rows = history.save_history_texts(s, pk, plan.rows)
         if plan.events is not None:
@@ -532,7 +534,7 @@ class ProjectSync:
         out = RunOutcome(rec.run_id, "updated" if known else "new")
         try:
             with self.store.transaction() as s:
-                pk = runs.save_run(s, rec, only=_upstream_fields(rec))
+                pk = runs.save_run(s, rec, only=_UPSTREAM_FIELDS)
                 # Not done until the listing hash lands, at the very end.
                 syncstate.set_listing_hash(s, pk, None)
             out.rows = self._sync_history(rec, pk)
@@ -702,12 +704,11 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _upstream_fields(rec: RunRecord) -> list[str]:
-    """The run columns a pull writes (all that upstream sends; never local-only ones)."""
-    return [
-        "storage_id", "display_name", "state", "config", "summary", "system_metrics", "tags",
-        "notes", "description", "group_name", "job_type", "commit", "host", "username",
-        "user_name", "read_only", "created_at", "heartbeat_at", "updated_at",
-        "history_line_count", "events_line_count", "file_count", "last_step", "history_keys",
-        "sweep_name", "tombstoned",
-    ]
+# The run columns a pull writes (all that upstream sends; never local-only ones).
+_UPSTREAM_FIELDS = (
+    "storage_id", "display_name", "state", "config", "summary", "system_metrics", "tags",
+    "notes", "description", "group_name", "job_type", "commit", "host", "username",
+    "user_name", "read_only", "created_at", "heartbeat_at", "updated_at",
+    "history_line_count", "events_line_count", "file_count", "last_step", "history_keys",
+    "sweep_name", "tombstoned",
+)
