@@ -212,27 +212,33 @@ for _ddl in run_values.TRIGGER_DDL:
 def _write_run_values(connection: Connection, run: Run, *, replace: bool) -> None:
     """Rewrite ``run_value`` rows of the documents this flush wrote (same transaction)."""
     state = inspect(run)
+    write_run_values(connection, [
+        (run.pk or 0, doc, getattr(run, doc)) for doc in run_values.DOCS
+        if not replace or state.attrs[doc].history.has_changes()
+    ], replace=replace)
+
+
+_RUN_VALUE_COLUMNS = ("run_pk", "doc", "key", "kind", "num", "text")
+
+
+def write_run_values(connection: Connection, docs: list[tuple[int, str, Any]], *,
+                     replace: bool) -> None:
+    """Write the ``run_value`` rows of ``(run pk, doc name, document)`` triples, first
+    deleting the old rows of those documents if ``replace``.
+
+    The rows go in one multi-row statement (:mod:`mirror.store.bulk`): a sync saves runs
+    while its other threads parse and download, and ``executemany`` made it queue for
+    the GIL after every key of every run. Used by the ORM events below and by
+    :func:`mirror.store.runs.save_runs`, which writes runs without the ORM.
+    """
     table = RunValue.__table__  # type: ignore[attr-defined]
-    for doc in run_values.DOCS:
-        if replace and not state.attrs[doc].history.has_changes():
-            continue
-        if replace:
-            connection.execute(
-                table.delete().where(table.c.run_pk == run.pk, table.c.doc == doc)
-            )
-        rows = run_values.rows_for(run.pk or 0, doc, getattr(run, doc))
-        if rows:
-            _insert_run_values(connection, rows)
-
-
-RUN_VALUE_COLUMNS = ("run_pk", "doc", "key", "kind", "num", "text")
-
-
-def _insert_run_values(connection: Connection, rows: list[dict[str, Any]]) -> None:
-    """One multi-row statement (:mod:`mirror.store.bulk`): a sync saves runs while its
-    other threads parse and download, and ``executemany`` made it queue for the GIL
-    after every key of every run."""
-    bulk.insert_rows(connection, "run_value", RUN_VALUE_COLUMNS, rows)
+    if replace:
+        for doc in {d for _, d, _ in docs}:
+            pks = [pk for pk, d, _ in docs if d == doc]
+            connection.execute(table.delete().where(table.c.run_pk.in_(pks),
+                                                    table.c.doc == doc))
+    rows = [row for pk, doc, value in docs for row in run_values.rows_for(pk, doc, value)]
+    bulk.insert_rows(connection, "run_value", _RUN_VALUE_COLUMNS, rows)
 
 
 @event.listens_for(Run, "after_insert")

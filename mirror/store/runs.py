@@ -11,12 +11,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlmodel import Session, col
 
 from mirror.records import FileRecord, ProjectRecord, RunRecord, SweepRecord
-from mirror.store import bulk, run_values
-from mirror.store.models import RUN_VALUE_COLUMNS, Project, Run, RunFile, RunValue, Sweep
+from mirror.store import run_values
+from mirror.store.models import Project, Run, RunFile, Sweep, write_run_values
 
 _RUN_FIELDS = [f.name for f in fields(RunRecord) if f.name != "pk"]
 _FILE_FIELDS = [f.name for f in fields(FileRecord)]
@@ -127,14 +127,15 @@ def save_runs(session: Session, recs: Sequence[RunRecord], *, only: Sequence[str
     """
     if not recs:
         return []
+    keys = [(r.entity, r.project, r.run_id) for r in recs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("save_runs: a run is listed twice")
     table = Run.__table__  # type: ignore[attr-defined]
     names = [n for n in only if n not in ("entity", "project", "run_id")]
     now = time.time()
     pks = _run_pks(session, recs)
-    new = [r for r in recs if (r.entity, r.project, r.run_id) not in pks]
-    new_keys = {(r.entity, r.project, r.run_id) for r in new}
-    if len({(r.entity, r.project, r.run_id) for r in recs}) != len(recs):
-        raise ValueError("save_runs: a run is listed twice")
+    new = [r for r, key in zip(recs, keys, strict=True) if key not in pks]
+    old = [(r, pks[key]) for r, key in zip(recs, keys, strict=True) if key in pks]
     if new:
         projects = {(r.entity, r.project) for r in new}
         project_pks = {key: ensure_project(session, *key) for key in sorted(projects)}
@@ -145,25 +146,18 @@ def save_runs(session: Session, recs: Sequence[RunRecord], *, only: Sequence[str
             for r in new
         ])
         pks.update(_run_pks(session, new))
-    old_pks = []
-    for rec in recs:
-        key = (rec.entity, rec.project, rec.run_id)
-        if key in new_keys:
-            continue
-        old_pks.append(pks[key])
-        session.execute(update(table).where(table.c.pk == pks[key])
+    for rec, pk in old:
+        session.execute(update(table).where(table.c.pk == pk)
                         .values(synced_at=now, **{n: getattr(rec, n) for n in names}))
     docs = [d for d in run_values.DOCS if d in names]
-    if docs:
-        if old_pks:  # (the SQLite trigger has done it already; other databases have none)
-            session.execute(delete(RunValue.__table__).where(  # type: ignore[attr-defined]
-                RunValue.__table__.c.run_pk.in_(old_pks),  # type: ignore[attr-defined]
-                RunValue.__table__.c.doc.in_(docs)))  # type: ignore[attr-defined]
-        rows = [row for rec in recs for doc in docs
-                for row in run_values.rows_for(pks[(rec.entity, rec.project, rec.run_id)],
-                                               doc, getattr(rec, doc))]
-        bulk.insert_rows(session.connection(), "run_value", RUN_VALUE_COLUMNS, rows)
-    return [pks[(r.entity, r.project, r.run_id)] for r in recs]
+    connection = session.connection()
+    # (For updated runs the SQLite trigger has deleted the rows already; other
+    # databases have no trigger.)
+    write_run_values(connection, [(pk, d, getattr(rec, d)) for rec, pk in old for d in docs],
+                     replace=True)
+    write_run_values(connection, [(pks[(r.entity, r.project, r.run_id)], d, getattr(r, d))
+                                  for r in new for d in docs], replace=False)
+    return [pks[key] for key in keys]
 
 
 def _run_pks(session: Session, recs: Sequence[RunRecord]) -> dict[tuple[str, str, str], int]:
